@@ -1,0 +1,57 @@
+"""Write-then-rename file output: a crash or kill mid-write never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+def _default_mode(directory: bool) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb", **open_kwargs: object) -> Iterator[IO]:
+    """Yield a temp file beside ``path``; on success fsync it and rename it over ``path``, else delete it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode(directory=False))  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_temp_dir(target: Path) -> Path:
+    """An empty folder beside ``target`` to fill before ``publish_dir`` swaps it in."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    os.chmod(tmp, _default_mode(directory=True))
+    return tmp
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Replace ``target`` by the filled ``tmp`` folder; the old one is removed only once the new one is in place."""
+    import shutil  # noqa: PLC0415
+
+    for child in tmp.iterdir():
+        os.chmod(child, _default_mode(directory=child.is_dir()))
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)

@@ -1,0 +1,111 @@
+"""The one entry point from the LightningModule to model building: probe, choose a backend, build.
+
+The module hands over a ``ModelSpec`` and gets back a ready-to-train model; it never learns which
+library built it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_qsum.backends import hf
+from lit_qsum.backends.choice import BackendDecision, BackendRequest, choose_backend
+from lit_qsum.backends.peft_lora import apply_lora, enable_gradient_checkpointing
+from lit_qsum.backends.probe import EnvFacts, probe_environment
+from lit_qsum.data.tokenizer import load_tokenizer
+from lit_qsum.errors import UserInputError
+from lit_qsum.settings import LoraSettings, QuantizationSettings
+
+
+@dataclass
+class ModelSpec:
+    """What to build; mirrors the LightningModule's model arguments."""
+
+    model_name_or_path: str | None = None
+    model_config: dict | None = None
+    tokenizer: str | None = None
+    backend: BackendRequest = "auto"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
+    gradient_checkpointing: bool = False
+    init_seed: int = 0
+    max_seq_length: int = 2048
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to train, with what was decided on the way."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    task: hf.Task
+    model_type: str
+    decision: BackendDecision
+    compute_dtype: torch.dtype
+    facts: EnvFacts
+
+
+def tokenizer_spec(spec: ModelSpec) -> str:
+    """The tokenizer to load: explicit, else the checkpoint's own."""
+    name = spec.tokenizer or spec.model_name_or_path
+    if not name:
+        raise UserInputError("set --model.tokenizer (a hub name, a path, or lit_qsum:demo) when building from --model.model_config")
+    return name
+
+
+def resolve_checkpoint(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase):
+    """(path, config) of what ``from_pretrained`` loads; random-init models are saved to the cache first."""
+    if (spec.model_name_or_path is None) == (spec.model_config is None):
+        raise UserInputError("set exactly one of --model.model_name_or_path and --model.model_config")
+    if spec.model_config is not None:
+        config = hf.config_from_dict(spec.model_config, tokenizer)
+        path = str(hf.materialize_random_init(config, spec.init_seed))
+        return path, config
+    config = hf.load_config(spec.model_name_or_path)
+    return spec.model_name_or_path, config
+
+
+def load_model(
+    spec: ModelSpec, *, device: torch.device, num_devices: int = 1, facts: EnvFacts | None = None
+) -> LoadedModel:
+    """Probe, choose the backend, load the base (4-bit where chosen) and add LoRA."""
+    tokenizer = load_tokenizer(tokenizer_spec(spec))
+    path, config = resolve_checkpoint(spec, tokenizer)
+    task = hf.task_of(config)
+    facts = facts or probe_environment(device.type)
+    decision = choose_backend(
+        spec.backend,
+        facts,
+        model_type=config.model_type,
+        is_encoder_decoder=task == "seq2seq",
+        device_type=device.type,
+        num_devices=num_devices,
+    )
+    compute_dtype = hf.resolve_compute_dtype(spec.quantization.bnb_4bit_compute_dtype, device.type)
+
+    if decision.backend == "unsloth":
+        from lit_qsum.backends.unsloth_backend import load_unsloth  # noqa: PLC0415 - heavy optional import
+
+        model, _ = load_unsloth(
+            path,
+            lora=spec.lora,
+            quant=spec.quantization,
+            dtype=compute_dtype,
+            max_seq_length=spec.max_seq_length,
+            gradient_checkpointing=spec.gradient_checkpointing,
+            seed=spec.init_seed,
+        )
+    elif decision.backend == "full":
+        model = hf.load_base_model(path, config, quantize=None, dtype=torch.float32, device=device)
+        if spec.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+    else:
+        quantize = None
+        if decision.backend == "qlora" and spec.quantization.load_in_4bit:
+            quantize = hf.bnb_config(spec.quantization, compute_dtype)
+        model = hf.load_base_model(path, config, quantize=quantize, dtype=compute_dtype, device=device)
+        model = apply_lora(model, spec.lora, task, spec.gradient_checkpointing)
+    return LoadedModel(model, tokenizer, task, config.model_type, decision, compute_dtype, facts)

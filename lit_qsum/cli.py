@@ -1,0 +1,113 @@
+"""The ``lit-qsum`` command: LightningCLI's fit/validate/test/predict plus ``env``.
+
+``lit-qsum fit --config configs/demo.yaml`` parses the YAML into ``SummarizationModule`` (model),
+``SummarizationDataModule`` (data), the Trainer and a ``SummaryCsvWriter`` (predictions), checks every
+value against the constructors' type hints, then runs ``trainer.fit``. Mistakes a user can fix end in
+one ``lit-qsum: error: ...`` line, not a traceback (set ``LIT_QSUM_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
+from lit_qsum.checkpoint_io import AdapterCheckpointIO
+from lit_qsum.data.datamodule import SummarizationDataModule
+from lit_qsum.errors import UserInputError
+from lit_qsum.module import SummarizationModule
+
+
+# The module steps its optimizer itself (see SummarizationModule._backward_chunks) and every checkpoint
+# falls on a step boundary, so Lightning's note about "pre-optimization state" does not apply.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+
+def _data_tokenizer(tokenizer: str | None, model_name_or_path: str | None) -> str:
+    return tokenizer or model_name_or_path or "lit_qsum:demo"
+
+
+class LitQsumCLI(LightningCLI):
+    """LightningCLI wired for summarization: tokenizer and task shared by model and data, adapter checkpoints."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            SummarizationModule,
+            SummarizationDataModule,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"use_distributed_sampler": False},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        """Predictions CSV flags (``--predictions.output_path``) and the model → data links."""
+        parser.add_lightning_class_args(SummaryCsvWriter, "predictions")
+        parser.link_arguments(("model.tokenizer", "model.model_name_or_path"), "data.tokenizer", compute_fn=_data_tokenizer)
+
+    def instantiate_classes(self) -> None:
+        """Instantiate, then tell the data module which task (seq2seq or causal) the model is."""
+        super().instantiate_classes()
+        if getattr(self.datamodule, "task", None) in (None, "auto"):
+            self.datamodule.task = self.model.resolve_task()
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Add the atomic adapter-writing CheckpointIO unless the config brings its own."""
+        plugins = kwargs.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AdapterCheckpointIO())
+        kwargs["plugins"] = plugins
+        return super().instantiate_trainer(**kwargs)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Name the file when a ``--config`` YAML is missing or malformed (jsonargparse only says "<unicode string>")."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag not in ("--config", "-c") or not value.endswith((".yaml", ".yml")):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise UserInputError(f"--config {value}: no such file")
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise UserInputError(f"--config {value} is not valid YAML: {err}") from err
+        except UnicodeDecodeError as err:
+            raise UserInputError(f"--config {value} is not UTF-8 text: {err}") from err
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The UserInputError behind ``err`` (jsonargparse wraps errors raised while it validates values), if any."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, UserInputError):
+            return err
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        if argv and argv[0] == "env":
+            from lit_qsum.env_report import env_command  # noqa: PLC0415 - only this subcommand needs it
+
+            env_command(argv[1:])
+            return
+        check_config_files(argv)
+        LitQsumCLI(args=argv)
+    except ValueError as err:
+        if _user_error(err) is None or os.environ.get("LIT_QSUM_DEBUG"):
+            raise
+        print(f"lit-qsum: error: {err}", file=sys.stderr)
+        sys.exit(2)

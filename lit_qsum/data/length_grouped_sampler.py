@@ -1,0 +1,200 @@
+"""Length-grouped, resumable, DDP-sharded batch samplers: less padding per batch, OOM on step 1.
+
+Train (``LengthGroupedBatchSampler``), per epoch:
+
+1. A permutation seeded by ``seed + epoch`` is cut into megabatches of
+   ``order_group_size * megabatch_mult`` samples, each sorted by length, longest first, and cut
+   into reference batches of ``order_group_size`` samples (the global batch size when the epoch
+   started). The batch holding the longest sample goes first, so an OOM shows on step 1; the
+   other full batches are shuffled; a partial batch stays last.
+2. That flat sample order is fixed for the epoch. ``consumed_samples`` (global, all ranks) samples
+   of it are skipped and the rest is cut into global batches of the *current*
+   ``batch_size * num_replicas``. A resumed or OOM-shrunk epoch therefore yields exactly the
+   samples not yet trained on. Halving the batch size splits each reference batch in two, so length
+   grouping survives; other changes still yield each sample once, with slightly mixed batches.
+3. Rank ``r`` takes every ``num_replicas``-th sample of each global batch starting at ``r``, which
+   gives ranks batches of similar length (contiguous slices would hand rank 0 all the longest).
+
+DDP padding: with ``drop_last=False`` every rank still gets the same number of batches; only when
+the epoch's last global batch has fewer samples than ranks are its samples repeated to give each
+rank one (so at most ``num_replicas - 1`` duplicates per epoch). Otherwise the last batch is just
+smaller on some ranks, by at most one sample.
+
+Lightning's fit loop counts the batches it has run in an epoch against ``len(dataloader)``
+(``_DataFetcher.fetched`` starts at ``batch_progress.current.ready`` on resume). So ``__len__`` is
+``consumed_batches`` + the batches still to come, and whoever sets ``consumed_samples`` mid-epoch
+must set ``consumed_batches`` to the number of steps Lightning has counted; ``mark_consumed``
+keeps both in step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+
+def _check_sharding(num_replicas: int, rank: int) -> None:
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Training batches of similar-length samples; seeded per epoch, resumable mid-epoch, DDP-sharded."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 42,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+        megabatch_mult: int = 50,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"--data.batch_size must be > 0, got {batch_size}")
+        if megabatch_mult < 1:
+            raise ValueError(f"megabatch_mult must be >= 1, got {megabatch_mult}")
+        _check_sharding(num_replicas, rank)
+        self.lengths = [int(length) for length in lengths]
+        self.batch_size = batch_size  # mutable: a new value applies from the next iteration
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.megabatch_mult = megabatch_mult
+        self.epoch = 0
+        self.consumed_samples = 0  # global: summed over all ranks
+        self.consumed_batches = 0  # steps run this epoch, as Lightning counts them
+        self.order_group_size = batch_size * num_replicas  # frozen while an epoch is partly consumed
+
+    @property
+    def sampler(self) -> LengthGroupedBatchSampler:
+        """This sampler: Lightning's ``_set_sampler_epoch`` looks for ``set_epoch`` on ``batch_sampler.sampler``."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch's order; moving to another epoch restarts it from its first sample."""
+        if epoch != self.epoch:
+            # Lightning also calls this with the current epoch right after a resume, which must not
+            # throw away the restored position.
+            self.epoch = epoch
+            self.consumed_samples = 0
+            self.consumed_batches = 0
+
+    def mark_consumed(self, num_samples: int) -> None:
+        """Records one finished global step of ``num_samples`` samples (all ranks together)."""
+        self.consumed_samples = min(self.consumed_samples + num_samples, len(self.lengths))
+        self.consumed_batches += 1
+
+    def epoch_order(self) -> list[int]:
+        """The epoch's full sample order; it depends on seed, epoch and ``order_group_size``, not ``batch_size``."""
+        n, group = len(self.lengths), self.order_group_size
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+        megabatch = group * self.megabatch_mult
+        for start in range(0, n, megabatch):
+            # Stable sort: equal lengths keep their shuffled order, so the result is deterministic.
+            order[start : start + megabatch] = sorted(order[start : start + megabatch], key=lambda i: -self.lengths[i])
+        batches = [order[start : start + group] for start in range(0, n, group)]
+        if not batches:
+            return []
+        tail = batches.pop() if len(batches[-1]) < group and len(batches) > 1 else None
+        longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b][0]])
+        if tail is not None and self.lengths[tail[0]] > self.lengths[batches[longest][0]]:
+            # The partial batch holds the longest sample: swap it into the first full batch instead
+            # of moving the partial batch up, which would misalign every later batch.
+            tail[0], batches[longest][0] = batches[longest][0], tail[0]
+        first = batches.pop(longest)
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return [i for batch in [first, *batches, *([tail] if tail else [])] for i in batch]
+
+    def _num_remaining_batches(self) -> int:
+        remaining = max(len(self.lengths) - self.consumed_samples, 0)
+        full, partial = divmod(remaining, self.batch_size * self.num_replicas)
+        return full + int(partial > 0 and not self.drop_last)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the state is read when the first batch is requested, not at iter(). Lightning
+        # builds the epoch-0 iterator before it calls set_epoch(0); later epochs get set_epoch first.
+        if self.consumed_samples == 0:
+            self.order_group_size = self.batch_size * self.num_replicas
+        remaining = self.epoch_order()[self.consumed_samples :]
+        step = self.batch_size * self.num_replicas
+        for start in range(0, len(remaining), step):
+            batch = remaining[start : start + step]
+            if len(batch) < step and self.drop_last:
+                return
+            if len(batch) < self.num_replicas:
+                batch = [batch[i % len(batch)] for i in range(self.num_replicas)]  # see "DDP padding"
+            yield batch[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        """Batches of this epoch on this rank: the ``consumed_batches`` already run plus those still to come."""
+        return self.consumed_batches + self._num_remaining_batches()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the epoch, enough to continue it in another process."""
+        return {
+            "epoch": self.epoch,
+            "consumed_samples": self.consumed_samples,
+            "consumed_batches": self.consumed_batches,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "order_group_size": self.order_group_size,
+            "num_samples": len(self.lengths),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues the saved epoch; ``batch_size`` is restored only if present in ``state``."""
+        if state.get("num_samples", len(self.lengths)) != len(self.lengths):
+            raise ValueError(
+                f"sampler state is for {state['num_samples']} samples but the dataset has {len(self.lengths)}"
+            )
+        self.epoch = int(state["epoch"])
+        self.consumed_samples = int(state["consumed_samples"])
+        self.consumed_batches = int(state.get("consumed_batches", 0))
+        self.seed = int(state.get("seed", self.seed))
+        self.batch_size = int(state.get("batch_size", self.batch_size))
+        self.order_group_size = int(state.get("order_group_size", self.batch_size * self.num_replicas))
+        if self.consumed_samples > 0 and self._num_remaining_batches() == 0:
+            # Saved at the very end of an epoch: start the next one rather than report an empty epoch.
+            self.set_epoch(self.epoch + 1)
+
+
+class SortedEvalBatchSampler(Sampler[list[int]]):
+    """Evaluation batches sorted by length, longest first; each sample exactly once over all ranks.
+
+    Ranks take every ``num_replicas``-th sample of the sorted order, so no sample is duplicated
+    (metrics stay exact) and rank sample counts differ by at most one; batch counts may then differ
+    by one too, so per-step collectives in evaluation steps must tolerate that (epoch-end metric
+    syncs are fine).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"--data.eval_batch_size must be > 0, got {batch_size}")
+        _check_sharding(num_replicas, rank)
+        self.lengths = [int(length) for length in lengths]
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[list[int]]:
+        ordered = sorted(range(len(self.lengths)), key=lambda i: -self.lengths[i])[self.rank :: self.num_replicas]
+        for start in range(0, len(ordered), self.batch_size):
+            yield ordered[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        """Number of batches on this rank."""
+        mine = len(range(self.rank, len(self.lengths), self.num_replicas))
+        return math.ceil(mine / self.batch_size)

@@ -1,0 +1,72 @@
+"""``lit-qsum env``: what this machine offers and which backend a config would get, without training."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from lit_qsum.backends.choice import choose_backend
+from lit_qsum.backends.hf import load_config, task_of
+from lit_qsum.backends.probe import probe_environment
+from lit_qsum.errors import UserInputError
+
+
+def _model_section(config_path: str | None) -> dict:
+    if config_path is None:
+        return {}
+    path = Path(config_path)
+    if not path.is_file():
+        raise UserInputError(f"--config {config_path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserInputError(f"--config {config_path}: not valid YAML: {err}") from err
+    return (data.get("model") or {}) if isinstance(data, dict) else {}
+
+
+def _model_type(model: dict) -> tuple[str, bool] | None:
+    if model.get("model_config"):
+        from transformers import AutoConfig  # noqa: PLC0415
+
+        config = AutoConfig.for_model(model["model_config"]["model_type"])
+    elif model.get("model_name_or_path"):
+        config = load_config(model["model_name_or_path"])
+    else:
+        return None
+    return config.model_type, task_of(config) == "seq2seq"
+
+
+def env_command(argv: list[str]) -> None:
+    """Print the environment report; with ``--config``, also the backend decision for that model."""
+    parser = argparse.ArgumentParser(prog="lit-qsum env", description=__doc__)
+    parser.add_argument("--config", help="a lit-qsum YAML whose model section to decide the backend for")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help="device to decide for (default: cuda if present)")
+    parser.add_argument("--devices", type=int, default=1, help="number of devices the run would use")
+    ns = parser.parse_args(argv)
+    facts = probe_environment(ns.device)
+    print("lit-qsum environment")
+    for key, value in facts.as_dict().items():
+        print(f"  {key:22s} {value}")
+    model = _model_section(ns.config)
+    found = _model_type(model)
+    if found is None:
+        print("\n(no --config with a model given: pass one to see the backend decision)")
+        return
+    model_type, encoder_decoder = found
+    device = ns.device or ("cuda" if facts.cuda_available else "cpu")
+    try:
+        decision = choose_backend(
+            model.get("backend", "auto"),
+            facts,
+            model_type=model_type,
+            is_encoder_decoder=encoder_decoder,
+            device_type=device,
+            num_devices=ns.devices,
+        )
+    except UserInputError as err:
+        print(f"\nmodel {model_type}: the requested backend can't run here:\n{err}")
+        return
+    print(f"\nmodel {model_type} on {device} x{ns.devices}")
+    print(decision.report())

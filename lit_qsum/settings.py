@@ -1,0 +1,90 @@
+"""Typed groups of model settings; LightningCLI turns them into ``--model.lora.rank`` and friends.
+
+Each ``__post_init__`` checks its own fields and names the flag that is wrong, so a bad YAML fails at
+parse time, before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lit_qsum.errors import UserInputError
+
+ComputeDtype = Literal["bfloat16", "float16", "float32", "auto"]
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter shape; the per-module patterns map a module-name regex to its own rank or alpha."""
+
+    rank: int = 16
+    """LoRA rank r. Higher: more capacity, more memory and adapter size."""
+    alpha: int = 32
+    """LoRA alpha; the update is scaled by alpha / rank."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input. 0 is faster (skips a mask kernel per layer)."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; None = every attention and FFN linear of the architecture."""
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    """Per-module rank overrides, e.g. {'q|k|v|o': 32, 'wi_0|wi_1|wo': 16, 'lm_head': 8}."""
+    alpha_pattern: dict[str, int] = field(default_factory=dict)
+    """Per-module alpha overrides, same keys as rank_pattern."""
+    use_rslora: bool = False
+    """Rank-stabilized LoRA scaling alpha / sqrt(rank)."""
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise UserInputError(f"--model.lora.rank must be > 0, got {self.rank}")
+        if self.alpha <= 0:
+            raise UserInputError(f"--model.lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserInputError(f"--model.lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None and not self.target_modules:
+            raise UserInputError("--model.lora.target_modules must name at least one module, or be null for the default")
+        for name, pattern in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern)):
+            for key, value in pattern.items():
+                if value <= 0:
+                    raise UserInputError(f"--model.lora.{name} value for {key!r} must be > 0, got {value}")
+
+
+@dataclass
+class QuantizationSettings:
+    """bitsandbytes 4-bit loading of the frozen base weights (used by the qlora and unsloth backends)."""
+
+    load_in_4bit: bool = True
+    """Quantize the frozen base to 4 bit when the backend is qlora/unsloth."""
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    """NF4 is the QLoRA data type; fp4 is there for comparison."""
+    bnb_4bit_use_double_quant: bool = True
+    """Quantize the quantization constants too: ~0.4 bit/param less memory, negligible speed cost."""
+    bnb_4bit_compute_dtype: ComputeDtype = "auto"
+    """dtype of the dequantized matmuls; auto = bfloat16 on GPUs that support it, else float32."""
+    bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
+    """Storage dtype of packed weights; set it to the compute dtype for FSDP (it can't flatten mixed dtypes)."""
+
+
+@dataclass
+class GenerationSettings:
+    """How summaries are generated at validation, test and predict time."""
+
+    num_beams: int = 1
+    """Beam width. 1 = greedy (fastest); 4 is the usual quality setting."""
+    max_new_tokens: int | None = None
+    """Longest summary; None = the data module's decoder_max_len."""
+    no_repeat_ngram_size: int = 0
+    """Forbid repeating n-grams of this size (0 = off); 3 curbs looping summaries."""
+    length_penalty: float = 1.0
+    """Beam score length exponent: > 1 favours longer summaries."""
+    early_stopping: bool = True
+    """Stop beam search when num_beams finished candidates exist."""
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise UserInputError(f"--model.generation.num_beams must be >= 1, got {self.num_beams}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UserInputError(f"--model.generation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.no_repeat_ngram_size < 0:
+            raise UserInputError(
+                f"--model.generation.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"
+            )

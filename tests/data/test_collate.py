@@ -1,0 +1,66 @@
+"""Seq2SeqCollator and CausalCollator: padding multiples, -100 masking, left-padded prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_qsum.data.collate import IGNORE_INDEX, CausalCollator, Seq2SeqCollator
+
+PAD = 0
+
+
+def test_seq2seq_pads_to_multiple_and_masks_labels():
+    features = [
+        {"input_ids": [5, 6, 7, 1], "labels": [8, 1], "index": 3},
+        {"input_ids": [5, 1], "labels": [9, 9, 9, 1], "index": 0},
+    ]
+    batch = Seq2SeqCollator(PAD, pad_to_multiple_of=8)(features)
+    assert batch["input_ids"].shape == (2, 8) and batch["labels"].shape == (2, 8)
+    assert batch["input_ids"].dtype == torch.long
+    assert batch["input_ids"][0].tolist() == [5, 6, 7, 1, 0, 0, 0, 0]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0]]
+    assert batch["labels"][1].tolist() == [9, 9, 9, 1] + [IGNORE_INDEX] * 4
+    assert batch["index"].tolist() == [3, 0]
+    assert batch["num_tokens"].item() == 6 + 6 and batch["num_tokens"].dim() == 0
+
+
+def test_seq2seq_without_labels_for_predict():
+    batch = Seq2SeqCollator(PAD, pad_to_multiple_of=4)([{"input_ids": [4, 4, 4, 4, 1], "index": 0}])
+    assert "labels" not in batch and batch["input_ids"].shape == (1, 8)
+    assert batch["num_tokens"].item() == 5
+
+
+def test_pad_id_that_also_appears_in_the_text_is_not_masked():
+    # A decoder-only tokenizer may use eos as pad: attention comes from lengths, not ids.
+    batch = Seq2SeqCollator(pad_token_id=1)([{"input_ids": [3, 1], "labels": [1], "index": 0}])
+    assert batch["attention_mask"][0, :2].tolist() == [1, 1] and batch["labels"][0, 0].item() == 1
+
+
+def test_causal_masks_prompt_and_left_pads_prompts():
+    eos = 2
+    features = [
+        {"prompt_ids": [10, 11, 12], "target_ids": [20, eos], "index": 0},
+        {"prompt_ids": [10], "target_ids": [21, 22, 23, eos], "index": 1},
+    ]
+    batch = CausalCollator(pad_token_id=eos, pad_to_multiple_of=4)(features)
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["input_ids"][0].tolist() == [10, 11, 12, 20, eos, eos, eos, eos]
+    assert batch["labels"][0].tolist() == [IGNORE_INDEX] * 3 + [20, eos] + [IGNORE_INDEX] * 3
+    assert batch["labels"][1].tolist() == [IGNORE_INDEX, 21, 22, 23, eos] + [IGNORE_INDEX] * 3
+    assert batch["attention_mask"].sum(1).tolist() == [5, 5]
+    assert batch["prompt_input_ids"].tolist() == [[eos, 10, 11, 12], [eos, eos, eos, 10]]
+    assert batch["prompt_attention_mask"].tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    assert batch["num_tokens"].item() == 10
+
+
+def test_causal_predict_has_only_prompts():
+    batch = CausalCollator(0, 8)([{"prompt_ids": [5, 6], "index": 4}])
+    assert set(batch) == {"prompt_input_ids", "prompt_attention_mask", "index", "num_tokens"}
+
+
+def test_mixed_labels_and_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="labels"):
+        Seq2SeqCollator(0)([{"input_ids": [1], "labels": [1], "index": 0}, {"input_ids": [1], "index": 1}])
+    with pytest.raises(ValueError, match="--data.pad_to_multiple_of"):
+        CausalCollator(0, pad_to_multiple_of=0)

@@ -1,0 +1,219 @@
+"""LengthGroupedBatchSampler and SortedEvalBatchSampler: coverage, grouping, seeding, DDP, resume."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lit_qsum.data.length_grouped_sampler import LengthGroupedBatchSampler, SortedEvalBatchSampler
+
+N = 1000
+_RNG = random.Random(0)
+LENGTHS = [_RNG.randint(1, 500) for _ in range(N)]
+
+
+def _ranks(lengths, batch_size, world, **kwargs):
+    return [LengthGroupedBatchSampler(lengths, batch_size, num_replicas=world, rank=r, **kwargs) for r in range(world)]
+
+
+def _spread(batches, lengths):
+    return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+
+def test_each_sample_once_per_epoch_and_len_matches():
+    sampler = LengthGroupedBatchSampler(LENGTHS, batch_size=16)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(N))
+        assert len(batches) == len(sampler) == -(-N // 16)
+        assert all(len(b) == 16 for b in batches[:-1])
+
+
+def test_drop_last_drops_only_the_partial_batch():
+    batches = list(LengthGroupedBatchSampler(LENGTHS, batch_size=16, drop_last=True))
+    assert len(batches) == N // 16 and all(len(b) == 16 for b in batches)
+    assert len({i for b in batches for i in b}) == N // 16 * 16
+
+
+def test_batches_are_grouped_by_length():
+    grouped = list(LengthGroupedBatchSampler(LENGTHS, batch_size=16))
+    order = list(range(N))
+    random.Random(1).shuffle(order)
+    randomly = [order[i : i + 16] for i in range(0, N, 16)]
+    assert _spread(grouped, LENGTHS) < 0.1 * _spread(randomly, LENGTHS)
+
+
+def test_seeded_reproducible_and_epochs_differ():
+    first = list(LengthGroupedBatchSampler(LENGTHS, 16, seed=7))
+    assert first == list(LengthGroupedBatchSampler(LENGTHS, 16, seed=7))
+    assert first != list(LengthGroupedBatchSampler(LENGTHS, 16, seed=8))
+    sampler = LengthGroupedBatchSampler(LENGTHS, 16, seed=7)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("world", [1, 2])
+def test_first_step_holds_the_longest_sample(seed, world):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 100) for _ in range(203)]
+    lengths[rng.randrange(203)] = 10_000
+    for epoch in range(3):
+        samplers = _ranks(lengths, 8, world, seed=seed)
+        for s in samplers:
+            s.set_epoch(epoch)
+        first_step = [i for s in samplers for i in next(iter(s))]
+        assert max(range(203), key=lengths.__getitem__) in first_step
+
+
+def test_longest_sample_in_partial_tail_still_comes_first():
+    lengths = [10] * 20 + [1000]  # 21 samples, batch 4: the unshuffled tail is [20]
+    first = next(iter(LengthGroupedBatchSampler(lengths, 4, shuffle=False)))
+    assert 20 in first
+    flat = [i for b in LengthGroupedBatchSampler(lengths, 4, shuffle=False) for i in b]
+    assert sorted(flat) == list(range(21))
+
+
+@pytest.mark.parametrize(("n", "world"), [(N, 2), (N, 3), (49, 3), (50, 4), (1, 2)])
+def test_ddp_ranks_cover_everything_with_equal_batch_counts(n, world):
+    lengths = LENGTHS[:n]
+    per_rank = [list(s) for s in _ranks(lengths, 16, world)]
+    assert len({len(batches) for batches in per_rank}) == 1
+    assert all(len(batches) == len(s) for batches, s in zip(per_rank, _ranks(lengths, 16, world)))
+    counts = Counter(i for batches in per_rank for b in batches for i in b)
+    assert set(counts) == set(range(n))
+    tail = n % (16 * world)
+    expected_duplicates = world - tail if 0 < tail < world else 0  # the documented padding
+    assert sum(counts.values()) - n == expected_duplicates
+
+
+def test_ddp_global_batches_match_single_process_order():
+    single = LengthGroupedBatchSampler(LENGTHS, 32)
+    ranks = _ranks(LENGTHS, 16, 2)
+    for global_batch, *rank_batches in zip(single, *ranks):
+        assert sorted(i for b in rank_batches for i in b) == sorted(global_batch)
+
+
+@pytest.mark.parametrize(
+    ("world", "old_bs", "new_bs", "steps"), [(1, 8, 5, 7), (1, 8, 4, 10), (2, 8, 3, 5), (2, 4, 16, 3)]
+)
+def test_resume_with_changed_batch_size_yields_exactly_the_rest(world, old_bs, new_bs, steps):
+    before = _ranks(LENGTHS, old_bs, world, seed=3)
+    for s in before:
+        s.set_epoch(2)
+    seen = [i for s in before for b in list(s)[:steps] for i in b]
+    state = before[0].state_dict()
+    state.update(consumed_samples=steps * old_bs * world, consumed_batches=steps, batch_size=new_bs)
+
+    after = _ranks(LENGTHS, 1, world, seed=0)
+    for s in after:
+        s.load_state_dict(state)
+    rest = [list(s) for s in after]
+    assert all(len(batches) == len(s) - steps for batches, s in zip(rest, after))
+    flat_rest = [i for batches in rest for b in batches for i in b]
+    assert sorted(seen + flat_rest) == list(range(N))
+    assert all(len(b) == new_bs for batches in rest for b in batches[:-1])
+    # The epoch's order is the same as before the change: the rest is its suffix.
+    assert sorted(flat_rest) == sorted(before[0].epoch_order()[steps * old_bs * world :])
+
+
+def test_resume_on_the_same_object_and_set_epoch_semantics():
+    sampler = LengthGroupedBatchSampler(LENGTHS, 10)
+    first_three = [i for b in list(sampler)[:3] for i in b]
+    for _ in range(3):
+        sampler.mark_consumed(10)
+    sampler.batch_size = 7
+    sampler.set_epoch(0)  # Lightning calls this with the same epoch after a resume: a no-op
+    rest = [i for b in sampler for i in b]
+    assert sorted(first_three + rest) == list(range(N))
+    assert len(sampler) == 3 + -(-(N - 30) // 7)
+    sampler.set_epoch(1)
+    assert sampler.consumed_samples == 0 and sampler.consumed_batches == 0
+    assert sorted(i for b in sampler for i in b) == list(range(N))
+
+
+def test_state_saved_at_epoch_end_starts_the_next_epoch():
+    sampler = LengthGroupedBatchSampler(LENGTHS, 10)
+    state = {**sampler.state_dict(), "consumed_samples": N, "consumed_batches": 100}
+    sampler.load_state_dict(state)
+    assert (sampler.epoch, sampler.consumed_samples, len(sampler)) == (1, 0, 100)
+
+
+def test_state_for_another_dataset_is_refused():
+    state = LengthGroupedBatchSampler(LENGTHS, 10).state_dict()
+    with pytest.raises(ValueError, match="1000 samples"):
+        LengthGroupedBatchSampler(LENGTHS[:10], 10).load_state_dict(state)
+
+
+def test_lightning_finds_set_epoch():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    sampler = LengthGroupedBatchSampler(LENGTHS, 10)
+    _set_sampler_epoch(DataLoader(list(range(N)), batch_sampler=sampler), 4)
+    assert sampler.epoch == 4
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_eval_sampler_sorted_and_no_duplicates(world):
+    samplers = [SortedEvalBatchSampler(LENGTHS[:101], 8, world, r) for r in range(world)]
+    per_rank = [list(s) for s in samplers]
+    flat = [i for batches in per_rank for b in batches for i in b]
+    assert sorted(flat) == list(range(101))  # every sample once, no padding
+    for batches, sampler in zip(per_rank, samplers):
+        assert len(batches) == len(sampler)
+        rank_order = [LENGTHS[i] for b in batches for i in b]
+        assert rank_order == sorted(rank_order, reverse=True)
+    assert max(LENGTHS[:101]) in [LENGTHS[i] for batches in per_rank for i in batches[0]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"batch_size": 0}, "--data.batch_size must be > 0"), ({"num_replicas": 2, "rank": 2}, "rank"),
+     ({"megabatch_mult": 0}, "megabatch_mult")],
+)
+def test_invalid_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LengthGroupedBatchSampler(LENGTHS, **{"batch_size": 4, **kwargs})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 1000), min_size=1, max_size=300),
+    batch_size=st.integers(1, 20),
+    new_batch_size=st.integers(1, 20),
+    world=st.integers(1, 4),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 10),
+    epoch=st.integers(0, 3),
+    consumed_steps=st.integers(0, 40),
+)
+def test_property_resumed_epoch_covers_each_sample_once(
+    lengths, batch_size, new_batch_size, world, drop_last, seed, epoch, consumed_steps
+):
+    kwargs = {"seed": seed, "drop_last": drop_last, "megabatch_mult": 3}
+    ranks = _ranks(lengths, batch_size, world, **kwargs)
+    for s in ranks:
+        s.set_epoch(epoch)
+    full = [list(s) for s in ranks]
+    assert len({len(b) for b in full}) == 1 and len(full[0]) == len(ranks[0])
+    steps = min(consumed_steps, len(full[0]))
+    seen = [i for batches in full for b in batches[:steps] for i in b]
+    consumed = min(steps * batch_size * world, len(lengths))
+
+    for s in ranks:
+        s.consumed_samples, s.consumed_batches, s.batch_size = consumed, steps, new_batch_size
+    rest = [list(s) for s in ranks]
+    assert len({len(b) for b in rest}) == 1 and len(rest[0]) + steps == len(ranks[0])
+    counts = Counter(seen + [i for batches in rest for b in batches for i in b])
+    if drop_last:
+        assert all(c == 1 for c in counts.values())
+    else:
+        assert set(counts) == set(range(len(lengths)))
+        assert sum(counts.values()) - len(lengths) < 2 * world  # padding only, at most one tail per phase
+    assert all(0 < len(b) <= new_batch_size for batches in rest for b in batches)

@@ -1,0 +1,98 @@
+"""Mistakes end in one clear ``lit-qsum: error`` naming the file, row or flag, and leave no output behind."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_qsum.cli import main
+
+DEMO = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> str:
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    return captured.err + captured.out
+
+
+def fit(*extra: str) -> list[str]:
+    return ["fit", "--config", DEMO, "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false", *extra]
+
+
+def test_missing_train_file(tmp_path, capsys, monkeypatch) -> None:
+    err = run_cli(fit("--data.train_path", "no/such.csv"), capsys, monkeypatch, tmp_path)
+    assert "no/such.csv" in err and "lit-qsum: error" in err
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+def test_csv_missing_columns(tmp_path, capsys, monkeypatch) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("fname,text\nx_0,hello\n", encoding="utf-8")
+    err = run_cli(fit("--data.train_path", str(bad)), capsys, monkeypatch, tmp_path)
+    assert "bad.csv" in err and "dialogue" in err
+
+
+def test_empty_summary_row_is_named(tmp_path, capsys, monkeypatch) -> None:
+    bad = tmp_path / "empty.csv"
+    bad.write_text("fname,dialogue,summary\na,#Person1#: hi,ok\nb,#Person1#: yo,  \n", encoding="utf-8")
+    err = run_cli(fit("--data.train_path", str(bad)), capsys, monkeypatch, tmp_path)
+    assert "empty.csv" in err and "3" in err  # line 3 of the file
+
+
+def test_non_utf8_file(tmp_path, capsys, monkeypatch) -> None:
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("fname,dialogue,summary\na,caf\xe9,ok\n".encode("latin-1"))
+    err = run_cli(fit("--data.train_path", str(bad)), capsys, monkeypatch, tmp_path)
+    assert "latin1.csv" in err and "UTF-8" in err
+
+
+def test_unknown_config_key(tmp_path, capsys, monkeypatch) -> None:
+    err = run_cli(fit("--model.lora_rnak", "8"), capsys, monkeypatch, tmp_path)
+    assert "lora_rnak" in err
+
+
+def test_bad_lora_rank_names_the_flag(tmp_path, capsys, monkeypatch) -> None:
+    err = run_cli(fit("--model.lora.rank", "0"), capsys, monkeypatch, tmp_path)
+    assert "--model.lora.rank must be > 0" in err
+
+
+def test_malformed_yaml(tmp_path, capsys, monkeypatch) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("model: [unclosed\n", encoding="utf-8")
+    err = run_cli(["fit", "--config", str(bad)], capsys, monkeypatch, tmp_path)
+    assert "broken.yaml" in err or "yaml" in err.lower()
+
+
+def test_missing_model_path(tmp_path, capsys, monkeypatch) -> None:
+    err = run_cli(
+        fit("--model.model_config", "null", "--model.model_name_or_path", "./nowhere/model"), capsys, monkeypatch, tmp_path
+    )
+    assert "--model.model_name_or_path" in err and "does not exist" in err
+
+
+def test_forced_unsloth_with_t5_on_cpu(tmp_path, capsys, monkeypatch) -> None:
+    err = run_cli(fit("--model.backend", "unsloth"), capsys, monkeypatch, tmp_path)
+    assert "does not support encoder-decoder" in err
+
+
+def test_fp16_with_t5_is_refused() -> None:
+    # on the CPU Lightning turns 16-mixed into bf16-mixed itself, so check the rule directly
+    from types import SimpleNamespace
+
+    from lit_qsum.errors import UserInputError
+    from lit_qsum.module import SummarizationModule
+
+    module = SummarizationModule(model_config={"model_type": "t5"}, tokenizer="lit_qsum:demo")
+    module.loaded = SimpleNamespace(model_type="t5")
+    with pytest.raises(UserInputError, match="bf16-mixed"):
+        module._check_precision("16-mixed")
+    module._check_precision("bf16-mixed")
+    module.loaded = SimpleNamespace(model_type="bart")
+    module._check_precision("16-mixed")

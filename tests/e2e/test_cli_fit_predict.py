@@ -1,0 +1,117 @@
+"""The user's path end to end on the offline demo: fit → checkpoint + adapter → predict CSV → reload with peft."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_qsum.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+
+def fit_args(*extra: str) -> list[str]:
+    # the demo config writes under ./outputs/demo; tests run it from a temp dir
+    return [
+        "fit", "--config", DEMO,
+        "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--data.max_eval_samples", "8", "--data.eval_batch_size", "8",
+        "--model.generation.max_new_tokens", "8",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setattr(sys, "argv", ["lit-qsum"])
+        main(fit_args())
+    return work / "outputs" / "demo"
+
+
+def test_fit_writes_checkpoint_adapter_and_tensorboard_logs(trained: Path) -> None:
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    assert ckpt.is_file()
+    adapter = trained / "checkpoints" / "best.adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    events = list(trained.rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    state = torch.load(ckpt, weights_only=False)
+    keys = list(state["state_dict"])
+    # only trainable (LoRA) weights: the frozen base is rebuilt from its source, never re-serialized
+    assert keys and all("lora_" in k for k in keys), keys[:5]
+    assert state["lit_qsum"]["backend"] == "lora"
+    assert "peft_adapter" not in state  # written as the adapter folder instead
+    assert "optimizer_states" in state and state["global_step"] in (3, 6)  # a validation step
+
+
+def test_tensorboard_has_losses_and_rouge(trained: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_file = next(trained.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(event_file.parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/rouge1", "val/rouge2", "val/rougeL", "val/rouge_sum"} <= tags, tags
+
+
+def test_predict_writes_submission_csv_in_input_order(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
+    out_csv = trained / "submission.csv"
+    main([
+        "predict", "--config", DEMO, "--ckpt_path", str(trained / "checkpoints" / "best.ckpt"),
+        "--trainer.default_root_dir", str(trained), "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false",
+        "--model.generation.max_new_tokens", "8",
+        "--predictions.output_path", str(out_csv), "--predictions.overwrite", "false",
+    ])
+    with out_csv.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["fname", "summary"]
+    with (REPO / "lit_qsum" / "data" / "bundled" / "test.csv").open(encoding="utf-8", newline="") as handle:
+        expected = [r["fname"] for r in csv.DictReader(handle)]
+    assert [r[0] for r in rows[1:]] == expected
+    # a second predict refuses to overwrite, before generating anything
+    with pytest.raises(SystemExit) as exc:
+        main([
+            "predict", "--config", DEMO, "--ckpt_path", str(trained / "checkpoints" / "best.ckpt"),
+            "--trainer.logger", "false", "--predictions.output_path", str(out_csv), "--predictions.overwrite", "false",
+        ])
+    assert exc.value.code == 2
+
+
+def test_adapter_reloads_with_plain_peft_and_matches(trained: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    from lit_qsum.data.tokenizer import load_tokenizer
+
+    adapter = trained / "checkpoints" / "best.adapter"
+    base_path = next((Path(__import__("os").environ["LIT_QSUM_CACHE"]) / "random-init").glob("t5-*"))
+    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_path), str(adapter)).eval()
+    state = torch.load(trained / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    loaded = dict(model.named_parameters())
+    for key, value in state.items():
+        peft_key = key.removeprefix("model.")
+        assert torch.equal(loaded[peft_key].detach(), value), key
+    tok = load_tokenizer("lit_qsum:demo")
+    ids = tok(["#Person1#: Hello. #Person2#: Hi."], return_tensors="pt").input_ids
+    assert model.generate(input_ids=ids, max_new_tokens=4).shape[0] == 1
+
+
+def test_console_script_and_module_entry_point_run() -> None:
+    for cmd in (["lit-qsum", "--help"], [sys.executable, "-m", "lit_qsum", "--help"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        for sub in ("fit", "validate", "test", "predict"):
+            assert sub in done.stdout
