@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import os
 import platform
 import sys
 import time
@@ -28,11 +29,11 @@ from shapes import SHAPES  # noqa: E402
 from lit_qsum.backends.loader import ModelSpec, load_model  # noqa: E402
 from lit_qsum.settings import LoraSettings  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("LIT_QSUM_RESULTS", Path(__file__).resolve().parent / "results"))
 ENC, DEC = 512, 200
 # usable memory of each consumer card as PyTorch sees it: nominal GiB minus ~0.8 GiB for the CUDA
 # context, cuBLAS workspaces and a desktop session
-BUDGETS_GIB = {"rtx3090 (24 GB)": 23.0, "rtx4080 (16 GB)": 15.0, "rtx4070 (12 GB)": 11.0, "rtx4060 (8 GB)": 7.0}
+BUDGETS_GIB = {"h100 (80 GB)": 78.0, "rtx3090 (24 GB)": 23.0, "rtx4080 (16 GB)": 15.0, "rtx4070 (12 GB)": 11.0, "rtx4060 (8 GB)": 7.0}
 
 
 def gib(n: float) -> float:
@@ -66,7 +67,7 @@ def train_steps(model, optimizer, batch: int, steps: int = 2) -> float:
 
 def fits(model, optimizer, batch: int) -> bool:
     try:
-        train_steps(model, optimizer, batch)
+        train_steps(model, optimizer, batch, steps=1)  # one step holds the peak: activations + optimizer states
         return True
     except torch.cuda.OutOfMemoryError:
         optimizer.zero_grad(set_to_none=True)
@@ -76,11 +77,15 @@ def fits(model, optimizer, batch: int) -> bool:
         torch.cuda.empty_cache()
 
 
-def largest_batch(model, optimizer, limit: int = 96) -> int:
-    lo, hi = 0, 1
-    while hi <= limit and fits(model, optimizer, hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
+def largest_batch(model, optimizer, limit: int) -> int:
+    """Largest batch <= limit that fits: halve down from ``limit`` to a fitting size, then bisect."""
+    if fits(model, optimizer, limit):
+        return limit
+    hi, lo = limit, limit // 2
+    while lo >= 1 and not fits(model, optimizer, lo):
+        hi, lo = lo, lo // 2
+    if lo < 1:
+        return 0
     while hi - lo > 1:  # invariant: lo fits, hi does not
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(model, optimizer, mid) else (lo, mid)
@@ -130,14 +135,15 @@ def run_batch_sizes(shapes: list[str]) -> tuple[list[dict], list[str]]:
     for shape in shapes:
         for checkpointing in (True, False):
             model, optimizer = build(shape, "qlora", checkpointing)
-            row = []
-            for card, budget in BUDGETS_GIB.items():
+            row, limit = [], 128
+            for card, budget in BUDGETS_GIB.items():  # budgets shrink, so each answer bounds the next search
                 torch.cuda.set_per_process_memory_fraction(budget * 2**30 / total)
-                best = largest_batch(model, optimizer)
+                best = largest_batch(model, optimizer, limit)
+                limit = max(best, 1)
                 records.append({"shape": shape, "backend": "qlora", "gradient_checkpointing": checkpointing,
                                 "card": card, "budget_gib": budget, "max_micro_batch": best, "enc": ENC, "dec": DEC})
                 print(records[-1], flush=True)
-                row.append(str(best))
+                row.append(f">={best}" if best == 128 else str(best))
             torch.cuda.set_per_process_memory_fraction(1.0)
             lines.append(f"| {shape} | {'on' if checkpointing else 'off'} | " + " | ".join(row) + " |")
             del model, optimizer

@@ -84,8 +84,12 @@ def config_from_dict(model_config: dict, tokenizer: PreTrainedTokenizerBase) -> 
     return config
 
 
-def materialize_random_init(config: PretrainedConfig, seed: int) -> Path:
-    """Save a seeded random-init model for ``config`` once (atomically) and return its folder."""
+def materialize_random_init(config: PretrainedConfig, seed: int, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
+    """Save a seeded random-init model (and its tokenizer) for ``config`` once, atomically; return its folder.
+
+    The tokenizer goes in too, so the folder is a complete checkpoint that any loader (peft, unsloth,
+    plain transformers) can open by path.
+    """
     key = hashlib.sha256(
         json.dumps(config.to_dict(), sort_keys=True, default=str).encode() + f"|{seed}|{transformers.__version__}".encode()
     ).hexdigest()[:16]
@@ -101,6 +105,8 @@ def materialize_random_init(config: PretrainedConfig, seed: int) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         tmp.rename(target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -62,7 +62,7 @@ def resolve_checkpoint(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase):
         raise UserInputError("set exactly one of --model.model_name_or_path and --model.model_config")
     if spec.model_config is not None:
         config = hf.config_from_dict(spec.model_config, tokenizer)
-        path = str(hf.materialize_random_init(config, spec.init_seed))
+        path = str(hf.materialize_random_init(config, spec.init_seed, tokenizer))
         return path, config
     config = hf.load_config(spec.model_name_or_path)
     return spec.model_name_or_path, config

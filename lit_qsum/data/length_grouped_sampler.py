@@ -58,6 +58,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         megabatch_mult: int = 50,
     ) -> None:
+        if isinstance(lengths, Sampler):
+            # Lightning re-creates batch samplers as cls(sampler, batch_size=..., drop_last=...) when
+            # it injects a DistributedSampler; that would silently use indices as lengths.
+            raise TypeError(
+                "LengthGroupedBatchSampler shards by itself: run the Trainer with use_distributed_sampler=False"
+            )
         if batch_size < 1:
             raise ValueError(f"--data.batch_size must be > 0, got {batch_size}")
         if megabatch_mult < 1:

@@ -150,6 +150,15 @@ def test_state_for_another_dataset_is_refused():
         LengthGroupedBatchSampler(LENGTHS[:10], 10).load_state_dict(state)
 
 
+def test_refuses_lightnings_distributed_sampler_injection():
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DataLoader, SequentialSampler
+
+    loader = DataLoader(list(range(N)), batch_sampler=LengthGroupedBatchSampler(LENGTHS, 10))
+    with pytest.raises(TypeError, match="use_distributed_sampler=False"):
+        _update_dataloader(loader, SequentialSampler(range(N)))
+
+
 def test_lightning_finds_set_epoch():
     from lightning.fabric.utilities.data import _set_sampler_epoch
     from torch.utils.data import DataLoader
