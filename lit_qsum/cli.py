@@ -24,6 +24,7 @@ from lit_qsum.checkpoint_io import AdapterCheckpointIO
 from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
+from lit_qsum.profiles import PROFILES, expand_profile_flag
 
 
 # The module steps its optimizer itself (see SummarizationModule._backward_chunks) and every checkpoint
@@ -105,6 +106,9 @@ def main(args: list[str] | None = None) -> None:
             env_command(argv[1:])
             return
         check_config_files(argv)
+        argv, profile = expand_profile_flag(argv)
+        if profile is not None:
+            print(f"lit-qsum: profile {profile}: {PROFILES[profile]}", file=sys.stderr)
         LitQsumCLI(args=argv)
     except ValueError as err:
         if _user_error(err) is None or os.environ.get("LIT_QSUM_DEBUG"):

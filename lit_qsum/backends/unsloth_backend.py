@@ -33,6 +33,7 @@ def load_unsloth(
         load_in_4bit=quant.load_in_4bit,
     )
     targets = lora.target_modules or default_target_modules(model.config.model_type, model)
+    extra = {"rank_pattern": dict(lora.rank_pattern)} if lora.rank_pattern else {}  # unsloth forwards None to peft
     model = FastLanguageModel.get_peft_model(
         model,
         r=lora.rank,
@@ -43,6 +44,6 @@ def load_unsloth(
         use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
         random_state=seed,
         use_rslora=lora.use_rslora,
-        rank_pattern=dict(lora.rank_pattern) or None,
+        **extra,
     )
     return model, tokenizer
