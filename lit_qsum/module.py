@@ -3,12 +3,28 @@
 Read top to bottom: ``__init__`` keeps settings, ``setup`` builds the model through
 ``lit_qsum.backends.loader`` (which alone knows peft, bitsandbytes and unsloth), then the steps,
 generation, optimizers and checkpointing.
+
+OOM recovery (``OOMBatchSizeScaler``) and what it keeps exact. The module steps its optimizer itself
+every ``accumulate_grad_batches`` micro-batches, where a micro-batch is a loader batch or, once
+``micro_batch_limit`` is set, a chunk of at most that many samples. A loader batch cut into ``k``
+chunks counts as ``k`` micro-batches and weighs ``k / accumulate_grad_batches`` in the step; each
+chunk gets the share of that weight its label tokens have in the batch, so a split batch gives the
+gradient of the unsplit one (the loss is a mean over label tokens). When an OOM halves the
+micro-batch, the scaler doubles ``accumulate_grad_batches`` and the micro-batches already counted
+in the open step, and the loader serves half-size batches from the next one on: every optimizer
+step then covers the same samples as without the OOM (the sampler's epoch order does not depend
+on the batch size), there are as many steps, and the LR schedule, which counts optimizer steps, is
+unchanged. One thing differs: after the shrink, the loss is averaged over each half-size batch and
+the halves weigh equally, where before the tokens of the whole batch were averaged together; the
+usual gradient-accumulation approximation, exact when halves hold equally many label tokens.
+Exactness needs the micro-batch to halve evenly (even sizes; powers of two stay exact).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import lightning.pytorch as L
 import torch
@@ -24,6 +40,7 @@ from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
+_Result = TypeVar("_Result")
 
 
 def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
@@ -135,6 +152,7 @@ class SummarizationModule(L.LightningModule):
         # manual optimization: a training step may split its batch after an OOM (see _backward_chunks)
         self.automatic_optimization = False
         self.micro_batch_limit: int | None = None  # set by OOM recovery: the largest chunk that fits
+        self.eval_micro_batch_limit: int | None = None  # the same for validation/test/predict batches
         self.micro_batches_done = 0  # since the last optimizer step
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
@@ -215,6 +233,19 @@ class SummarizationModule(L.LightningModule):
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss
 
+    def _label_tokens(self, batch: dict[str, Any]) -> int:
+        """Label tokens the loss averages over (a causal LM never scores the first position)."""
+        labels = batch["labels"][:, 1:] if self.task == "causal" else batch["labels"]
+        return int((labels != -100).sum())
+
+    def _token_shares(self, batch: dict[str, Any], parts: list[dict[str, Any]]) -> list[float]:
+        """Each part's share of ``batch``'s mean token loss: weighting part losses by it gives the batch loss."""
+        tokens = [self._label_tokens(part) for part in parts]
+        total = sum(tokens)
+        if total == 0:  # no label tokens at all: the loss is NaN anyway, split by samples
+            return [len(part["index"]) / len(batch["index"]) for part in parts]
+        return [t / total for t in tokens]
+
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         losses = self._backward_chunks(batch)
@@ -225,37 +256,47 @@ class SummarizationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
         return loss
 
-    def _backward_chunks(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+    def _backward_chunks(self, batch: dict[str, Any], weight: float | None = None) -> list[torch.Tensor]:
         """Forward + backward, in chunks of at most ``micro_batch_limit``; an OOM halves the chunk and retries.
 
         Lightning can't retry a step from a callback (an exception in ``training_step`` leaves the fit
         loop), so the retry lives here: the gradients of the failed chunk are rolled back, an
         ``OOMBatchSizeScaler`` callback (if present) decides the new sizes, and the same samples are
         run again in smaller chunks. Without that callback an OOM propagates as usual.
+
+        ``weight``: what this (part of a) loader batch weighs in the optimizer step; fixed when the
+        loader batch arrives, so re-splitting after an OOM redistributes it and never changes it.
         """
         size = len(batch["index"])
+        if weight is None:
+            chunks = math.ceil(size / self.micro_batch_limit) if self.micro_batch_limit else 1
+            weight = chunks / self.accumulate_grad_batches
         if self.micro_batch_limit is not None and size > self.micro_batch_limit:
-            return [loss for part in split_batch(batch, self.micro_batch_limit) for loss in self._backward_chunks(part)]
+            parts = split_batch(batch, self.micro_batch_limit)
+            shares = self._token_shares(batch, parts)
+            return [loss for part, share in zip(parts, shares) for loss in self._backward_chunks(part, weight * share)]
         handler = self._oom_handler()
         snapshot = self._grad_snapshot() if handler is not None and self.micro_batches_done else None
         try:
             loss = self._loss(batch)
             finite = bool(torch.isfinite(loss))
             if finite:
-                self.manual_backward(loss / self.accumulate_grad_batches)
+                self.manual_backward(loss * weight)
         except torch.cuda.OutOfMemoryError as err:
             if handler is None:
                 raise
             loss = None  # drop the failed step's activations before measuring what is free
             self._restore_grads(snapshot)
             handler(self.trainer, self, size, err)
-            return self._backward_chunks(batch)
-        self.micro_batches_done += 1
-        if not finite:
-            self._on_nonfinite(loss)
-            return []
-        self.nonfinite_in_a_row = 0
-        return [loss.detach()]
+        else:
+            self.micro_batches_done += 1
+            if not finite:
+                self._on_nonfinite(loss)
+                return []
+            self.nonfinite_in_a_row = 0
+            return [loss.detach()]
+        # after an OOM: retried outside the except block, so the failed attempt's traceback no longer pins its tensors
+        return self._backward_chunks(batch, weight)
 
     def _oom_handler(self):
         trainer = self._trainer
@@ -317,8 +358,14 @@ class SummarizationModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, prefix: str, rouge: SummaryRouge) -> None:
         size = len(batch["index"])
-        self.log(f"{prefix}/loss", self._loss(batch), sync_dist=True, batch_size=size, prog_bar=prefix == "val")
-        predictions = self.generate(batch)
+        pieces = self._eval_with_oom_retry(batch, lambda chunk: (self._loss(chunk), self.generate(chunk)))
+        if len(pieces) == 1:
+            loss = pieces[0][1][0]
+        else:  # weighted by label tokens, the chunks' mean losses give the whole batch's
+            shares = self._token_shares(batch, [chunk for chunk, _ in pieces])
+            loss = sum(share * chunk_loss for share, (_, (chunk_loss, _)) in zip(shares, pieces))
+        self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=size, prog_bar=prefix == "val")
+        predictions = [text for _, (_, texts) in pieces for text in texts]
         rouge.update(predictions, batch["references"])
         if prefix == "val" and len(self._val_examples) < self.num_logged_examples:
             for example in zip(batch["dialogue"], batch["references"], predictions):
@@ -354,7 +401,42 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, list]:
-        return {"index": batch["index"].tolist(), "fname": list(batch["fname"]), "summary": self.generate(batch)}
+        summaries = [text for _, texts in self._eval_with_oom_retry(batch, self.generate) for text in texts]
+        return {"index": batch["index"].tolist(), "fname": list(batch["fname"]), "summary": summaries}
+
+    def _eval_with_oom_retry(
+        self, batch: dict[str, Any], run: Callable[[dict[str, Any]], _Result]
+    ) -> list[tuple[dict[str, Any], _Result]]:
+        """``run(batch)``; on a CUDA OOM, run it over the batch's halves instead (recursively), in batch order.
+
+        Evaluation has no gradients to keep consistent, so only the evaluation batch shrinks: an
+        ``OOMBatchSizeScaler`` callback (``handle_eval_oom``) frees memory, stops at one sample and
+        halves the data module's ``eval_batch_size`` for loaders built later; the loader running now
+        keeps its size, so its later batches are cut to the size that fit here without a failed try.
+        Without such a callback an OOM propagates as usual.
+        """
+        size = len(batch["index"])
+        limit = self.eval_micro_batch_limit
+        if limit is not None and size > limit:
+            return [piece for part in split_batch(batch, limit) for piece in self._eval_with_oom_retry(part, run)]
+        handler = self._eval_oom_handler()
+        try:
+            return [(batch, run(batch))]
+        except torch.cuda.OutOfMemoryError as err:
+            if handler is None:
+                raise
+            handler(self.trainer, self, size, err)  # frees memory; raises when even one sample does not fit
+            if size == 1:
+                raise
+        # retried outside the except block, so the failed attempt's traceback no longer pins its tensors
+        self.eval_micro_batch_limit = size // 2
+        return self._eval_with_oom_retry(batch, run)
+
+    def _eval_oom_handler(self):
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        return next((cb.handle_eval_oom for cb in trainer.callbacks if hasattr(cb, "handle_eval_oom")), None)
 
     # ---- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -395,15 +477,44 @@ class SummarizationModule(L.LightningModule):
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(self.trainer.estimated_stepping_batches))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(self._estimated_optimizer_steps()))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _estimated_optimizer_steps(self) -> float:
+        """Optimizer steps of the whole fit, counting this module's own accumulation.
+
+        Lightning's ``estimated_stepping_batches`` divides by the Trainer's accumulation, which is 1
+        here. A loader batch cut into ``k`` chunks counts ``k`` micro-batches, so a run resumed with
+        OOM-scaled sizes (smaller batches, more accumulation) gets the same total as before the OOM.
+        """
+        trainer = self.trainer
+        estimate = trainer.estimated_stepping_batches
+        if trainer.max_epochs in (None, -1) or not math.isfinite(trainer.num_training_batches):
+            return estimate  # bounded by max_steps alone
+        loader = trainer.train_dataloader
+        batch_size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+        chunks = math.ceil(batch_size / self.micro_batch_limit) if batch_size and self.micro_batch_limit else 1
+        per_epoch = math.ceil(trainer.num_training_batches * chunks / self.accumulate_grad_batches)
+        steps = per_epoch * max(trainer.max_epochs, 1)
+        return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+
+    @override
+    def on_train_start(self) -> None:
+        # configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
+        # OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run
+        if self.scheduler_factory is None:
+            self._lr_total_steps = self._estimated_optimizer_steps()
+            scheduler = self.lr_schedulers()  # the LR in force came from the old length (same value if unchanged)
+            for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+                group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
+
     def _lr_lambda(self, total_steps: float):
-        total = max(int(total_steps) if math.isfinite(total_steps) else 10_000, 1)
-        warmup = int(self.warmup_ratio * total)
+        self._lr_total_steps = total_steps
         decay = self.lr_decay
 
         def factor(step: int) -> float:
+            total = max(int(self._lr_total_steps) if math.isfinite(self._lr_total_steps) else 10_000, 1)
+            warmup = int(self.warmup_ratio * total)
             if step < warmup:
                 return (step + 1) / (warmup + 1)
             if decay == "constant":

@@ -161,6 +161,8 @@ class CudaMemoryMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self.log_host_rss:  # one more sample, so runs shorter than every_n_steps still report a figure
+            self.peak_host_rss_bytes = max(self.peak_host_rss_bytes, self._read_host_rss())
         rank_zero_info(self._summary(trainer))
 
     def _summary(self, trainer: "L.Trainer") -> str:
@@ -171,7 +173,7 @@ class CudaMemoryMonitor(Callback):
             rows.append(("peak reserved", f"{self.peak_reserved_bytes / _GIB:.2f} GiB"))
             rows.append(("cache cleanups", str(self.cleanups)))
         if self.log_host_rss:
-            rss = f"{self.peak_host_rss_bytes / _GIB:.2f} GiB (sampled every {self.every_n_steps} steps)"
+            rss = f"{self.peak_host_rss_bytes / _GIB:.2f} GiB (sampled every {self.every_n_steps} steps and at the end)"
             rows.append(("peak host RSS", rss))
         rows.append(("OOM recoveries", str(_oom_recoveries(trainer))))
         scope = " (rank 0)" if trainer.world_size > 1 else ""

@@ -9,8 +9,13 @@ Resuming mid-epoch: Lightning counts batches, not samples, so call ``mark_consum
 once per finished training batch (from the LightningModule's or a Callback's ``on_train_batch_end``;
 ``state_dict`` also counts a finished batch whose call has not run yet when a checkpoint is saved).
 ``state_dict`` carries the epoch position into checkpoints and ``load_state_dict`` restores it, so
-the resumed epoch yields exactly the samples not yet trained on, even at another batch size. (Lightning still warns that the dataloader "is not resumable": it only knows about
-loaders with their own ``state_dict``; the position travels in the datamodule's state instead.)
+the resumed epoch yields exactly the samples not yet trained on, even at another batch size.
+(Lightning still warns that the dataloader "is not resumable": it only knows about loaders with
+their own ``state_dict``; the position travels in the datamodule's state instead.)
+
+Changing ``batch_size`` while an epoch runs (``OOMBatchSizeScaler``) applies from the next batch;
+``probe_longest`` (``LongestBatchSizeFinder``) makes ``train_dataloader()`` serve only the longest
+samples, for trial steps that must not move the epoch position.
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ from transformers import PreTrainedTokenizerBase
 from lit_qsum.data.collate import CausalCollator, Seq2SeqCollator, WithRecordFields
 from lit_qsum.data.features import TruncationStats, causal_features, feature_length, seq2seq_features
 from lit_qsum.data.formats import ColumnMap, Record, load_records
-from lit_qsum.data.length_grouped_sampler import LengthGroupedBatchSampler, SortedEvalBatchSampler
+from lit_qsum.data.length_grouped_sampler import (
+    LengthGroupedBatchSampler,
+    LongestBatchSampler,
+    SortedEvalBatchSampler,
+)
 from lit_qsum.data.synthetic import bundled_path
 from lit_qsum.data.tokenizer import load_tokenizer
 from lit_qsum.errors import UserInputError
@@ -67,7 +76,7 @@ class SummarizationDataModule(LightningDataModule):
         prompt_template: Causal prompt; must contain ``{dialogue}`` once.
         encoder_max_len: Max tokens of a dialogue (seq2seq) or prompt (causal); longer ones are cut.
         decoder_max_len: Max tokens of a target summary, eos included.
-        batch_size: Training samples per step and device; Lightning's BatchSizeFinder may change it.
+        batch_size: Training samples per step and device; a batch-size finder or OOM recovery may change it.
         eval_batch_size: Samples per validation/test/predict batch; None = batch_size.
         pad_to_multiple_of: Pad sequence lengths to a multiple of this (8 suits tensor cores).
         num_workers: DataLoader worker processes; 0 collates in the main process.
@@ -141,6 +150,8 @@ class SummarizationDataModule(LightningDataModule):
         self._splits: dict[str, _Split] = {}
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
+        # set by LongestBatchSizeFinder while it probes: train loaders repeat the longest batch
+        self.probe_longest = False
 
     @property
     def batch_size(self) -> int:
@@ -229,6 +240,9 @@ class SummarizationDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Length-grouped loader at the current ``batch_size``; keeps the previous sampler's epoch position."""
+        if self.probe_longest:
+            # trial batches are not part of the epoch: the epoch's sampler and its position stay as they are
+            return self._loader("train", LongestBatchSampler(self._split("train").lengths, self.batch_size))
         world_size, rank = self._sharding()
         sampler = LengthGroupedBatchSampler(
             self._split("train").lengths, self.batch_size, seed=self.seed, num_replicas=world_size, rank=rank
@@ -260,6 +274,8 @@ class SummarizationDataModule(LightningDataModule):
 
     def mark_consumed(self, num_samples: int) -> None:
         """Records a finished training batch of ``num_samples`` on this rank (call once per step on every rank)."""
+        if self.probe_longest:
+            return  # a batch-size trial step, not a step of the epoch
         if self.train_batch_sampler is None:
             raise RuntimeError("mark_consumed() before train_dataloader(): there is no epoch to advance")
         # Every rank gets batch_size samples per step except in the epoch's last step, where the
@@ -280,17 +296,12 @@ class SummarizationDataModule(LightningDataModule):
         """The train sampler's epoch position; the start of epoch 0 before any train loader exists."""
         sampler = self.train_batch_sampler
         if sampler is not None:
-            state = sampler.state_dict()
             # A LightningModule's on_train_batch_end runs after every Callback's, so a ModelCheckpoint
             # saving at a step boundary may see a finished batch whose mark_consumed has not run yet.
-            # Lightning's per-epoch batch counter tells; count such batches as consumed in the saved state.
+            # Lightning's per-epoch batch counter tells; the sampler counts such batches as consumed
+            # at the size they were handed out with (OOM recovery may have changed batch_size since).
             done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self._training() else 0
-            behind = done - state["consumed_batches"]
-            if behind > 0:
-                step = sampler.batch_size * sampler.num_replicas
-                state["consumed_samples"] = min(state["consumed_samples"] + behind * step, state["num_samples"])
-                state["consumed_batches"] = done
-            return {"train_sampler": state}
+            return {"train_sampler": sampler.state_dict(unmarked_batches=max(done - sampler.consumed_batches, 0))}
         # Never empty: BatchSizeFinder saves a checkpoint before the first train loader exists and
         # restores it after its trial steps, which must undo any mark_consumed calls they made.
         return {"train_sampler": self._pending_sampler_state or {"epoch": 0, "consumed_samples": 0}}

@@ -9,9 +9,11 @@ Train (``LengthGroupedBatchSampler``), per epoch:
    other full batches are shuffled; a partial batch stays last.
 2. That flat sample order is fixed for the epoch. ``consumed_samples`` (global, all ranks) samples
    of it are skipped and the rest is cut into global batches of the *current*
-   ``batch_size * num_replicas``. A resumed or OOM-shrunk epoch therefore yields exactly the
-   samples not yet trained on. Halving the batch size splits each reference batch in two, so length
-   grouping survives; other changes still yield each sample once, with slightly mixed batches.
+   ``batch_size * num_replicas``, read anew for every batch: a change made while the epoch runs
+   (OOM recovery) applies from the next batch the loader asks for. A resumed or OOM-shrunk epoch
+   therefore yields exactly the samples not yet trained on. Halving the batch size splits each
+   reference batch in two, so length grouping survives; other changes still yield each sample
+   once, with slightly mixed batches.
 3. Rank ``r`` takes every ``num_replicas``-th sample of each global batch starting at ``r``, which
    gives ranks batches of similar length (contiguous slices would hand rank 0 all the longest).
 
@@ -22,14 +24,16 @@ smaller on some ranks, by at most one sample.
 
 Lightning's fit loop counts the batches it has run in an epoch against ``len(dataloader)``
 (``_DataFetcher.fetched`` starts at ``batch_progress.current.ready`` on resume). So ``__len__`` is
-``consumed_batches`` + the batches still to come, and whoever sets ``consumed_samples`` mid-epoch
-must set ``consumed_batches`` to the number of steps Lightning has counted; ``mark_consumed``
-keeps both in step.
+``consumed_batches`` + the batches handed out but not yet marked consumed (the one in training,
+any a worker prefetched) + those still to come at the current batch size, and whoever sets
+``consumed_samples`` mid-epoch must set ``consumed_batches`` to the number of steps Lightning has
+counted; ``mark_consumed`` keeps both in step.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -70,7 +74,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"megabatch_mult must be >= 1, got {megabatch_mult}")
         _check_sharding(num_replicas, rank)
         self.lengths = [int(length) for length in lengths]
-        self.batch_size = batch_size  # mutable: a new value applies from the next iteration
+        self.batch_size = batch_size  # mutable: a new value applies from the next batch handed out
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -81,6 +85,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.consumed_samples = 0  # global: summed over all ranks
         self.consumed_batches = 0  # steps run this epoch, as Lightning counts them
         self.order_group_size = batch_size * num_replicas  # frozen while an epoch is partly consumed
+        # global sizes of the batches handed out but not yet marked consumed, oldest first
+        self._handed_out: deque[int] = deque()
 
     @property
     def sampler(self) -> LengthGroupedBatchSampler:
@@ -95,10 +101,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             self.epoch = epoch
             self.consumed_samples = 0
             self.consumed_batches = 0
+            self._handed_out.clear()
 
     def mark_consumed(self, num_samples: int) -> None:
         """Records one finished global step of ``num_samples`` samples (all ranks together)."""
-        self.consumed_samples = min(self.consumed_samples + num_samples, len(self.lengths))
+        # The size recorded when the batch was handed out is exact; the caller's count is not on the
+        # epoch's DDP-padded last batch, and is the only one we have if the batch came from elsewhere.
+        size = self._handed_out.popleft() if self._handed_out else num_samples
+        self.consumed_samples = min(self.consumed_samples + size, len(self.lengths))
         self.consumed_batches += 1
 
     def epoch_order(self) -> list[int]:
@@ -124,36 +134,51 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return [i for batch in [first, *batches, *([tail] if tail else [])] for i in batch]
 
-    def _num_remaining_batches(self) -> int:
-        remaining = max(len(self.lengths) - self.consumed_samples, 0)
+    def _num_remaining_batches(self, handed_out: int = 0) -> int:
+        remaining = max(len(self.lengths) - self.consumed_samples - handed_out, 0)
         full, partial = divmod(remaining, self.batch_size * self.num_replicas)
         return full + int(partial > 0 and not self.drop_last)
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator: the state is read when the first batch is requested, not at iter(). Lightning
         # builds the epoch-0 iterator before it calls set_epoch(0); later epochs get set_epoch first.
+        self._handed_out.clear()  # batches a previous iterator handed out unconsumed come again
         if self.consumed_samples == 0:
             self.order_group_size = self.batch_size * self.num_replicas
-        remaining = self.epoch_order()[self.consumed_samples :]
-        step = self.batch_size * self.num_replicas
-        for start in range(0, len(remaining), step):
-            batch = remaining[start : start + step]
+        order = self.epoch_order()
+        position = self.consumed_samples
+        while position < len(order):
+            step = self.batch_size * self.num_replicas  # per batch: OOM recovery may shrink it mid-epoch
+            batch = order[position : position + step]
             if len(batch) < step and self.drop_last:
                 return
+            position += len(batch)
+            self._handed_out.append(len(batch))
             if len(batch) < self.num_replicas:
                 batch = [batch[i % len(batch)] for i in range(self.num_replicas)]  # see "DDP padding"
             yield batch[self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
-        """Batches of this epoch on this rank: the ``consumed_batches`` already run plus those still to come."""
-        return self.consumed_batches + self._num_remaining_batches()
+        """Batches of this epoch on this rank: those already run or handed out, plus those still to come."""
+        handed_out = sum(self._handed_out)
+        return self.consumed_batches + len(self._handed_out) + self._num_remaining_batches(handed_out)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Position in the epoch, enough to continue it in another process."""
+    def state_dict(self, unmarked_batches: int = 0) -> dict[str, Any]:
+        """Position in the epoch, enough to continue it in another process.
+
+        ``unmarked_batches``: batches that finished training but whose ``mark_consumed`` has not run
+        yet; they count as consumed, at the sizes they were handed out with.
+        """
+        consumed_samples, consumed_batches = self.consumed_samples, self.consumed_batches
+        if unmarked_batches > 0:
+            sizes = list(self._handed_out)[:unmarked_batches]
+            sizes += [self.batch_size * self.num_replicas] * (unmarked_batches - len(sizes))
+            consumed_samples = min(consumed_samples + sum(sizes), len(self.lengths))
+            consumed_batches += unmarked_batches
         return {
             "epoch": self.epoch,
-            "consumed_samples": self.consumed_samples,
-            "consumed_batches": self.consumed_batches,
+            "consumed_samples": consumed_samples,
+            "consumed_batches": consumed_batches,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "order_group_size": self.order_group_size,
@@ -172,6 +197,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.seed = int(state.get("seed", self.seed))
         self.batch_size = int(state.get("batch_size", self.batch_size))
         self.order_group_size = int(state.get("order_group_size", self.batch_size * self.num_replicas))
+        self._handed_out.clear()
         if self.consumed_samples > 0 and self._num_remaining_batches() == 0:
             # Saved at the very end of an epoch: start the next one rather than report an empty epoch.
             self.set_epoch(self.epoch + 1)
@@ -204,3 +230,28 @@ class SortedEvalBatchSampler(Sampler[list[int]]):
         """Number of batches on this rank."""
         mine = len(range(self.rank, len(self.lengths), self.num_replicas))
         return math.ceil(mine / self.batch_size)
+
+
+class LongestBatchSampler(Sampler[list[int]]):
+    """Every batch is the ``batch_size`` longest samples: the worst case, for batch-size probing.
+
+    ``LongestBatchSizeFinder`` trains a few steps per candidate size; random batches would let it
+    pick a size that fits the average batch and OOMs on the longest one hours later. Repeating the
+    longest batch also covers the step after the first, when the optimizer state exists too.
+    ``__len__`` is that of a normal epoch, so Lightning's loop sees a loader of the usual shape.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"--data.batch_size must be > 0, got {batch_size}")
+        self.lengths = [int(length) for length in lengths]
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        longest = sorted(range(len(self.lengths)), key=lambda i: -self.lengths[i])[: self.batch_size]
+        for _ in range(len(self)):
+            yield list(longest)
+
+    def __len__(self) -> int:
+        """Batches of a normal epoch at this batch size."""
+        return math.ceil(len(self.lengths) / self.batch_size)

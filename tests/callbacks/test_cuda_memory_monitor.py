@@ -129,7 +129,7 @@ def test_summary_reports_oom_recoveries_from_any_callback(fake_cuda, make_traine
         "  peak allocated  2.00 GiB at step 5",
         "  peak reserved   3.00 GiB",
         "  cache cleanups  0",
-        "  peak host RSS   3.00 GiB (sampled every 5 steps)",
+        "  peak host RSS   3.00 GiB (sampled every 5 steps and at the end)",
         "  OOM recoveries  3",
     ]
 

@@ -42,6 +42,23 @@ def test_batch_size_change_is_honoured_by_the_next_loader(fitted):
     fitted.batch_size = 4
 
 
+def test_probe_longest_serves_the_longest_batch_and_leaves_the_epoch_alone():
+    dm = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=40)
+    dm.setup("fit")
+    epoch_sampler = dm.train_dataloader().batch_sampler
+    dm.mark_consumed(4)
+    dm.probe_longest = True
+    dm.batch_size = 6
+    probe = dm.train_dataloader()
+    lengths = dm._splits["train"].lengths
+    longest = sorted(sorted(range(40), key=lambda i: -lengths[i])[:6])
+    assert all(sorted(batch["index"].tolist()) == longest for batch in probe)
+    dm.mark_consumed(6)  # a trial step: not part of the epoch
+    assert dm.train_batch_sampler is epoch_sampler and epoch_sampler.consumed_samples == 4
+    dm.probe_longest = False
+    assert dm.train_dataloader().batch_sampler.consumed_samples == 4
+
+
 def test_truncation_is_counted_and_reported():
     dm = SummarizationDataModule(task="seq2seq", encoder_max_len=16, decoder_max_len=8, max_train_samples=50, max_eval_samples=10)
     with pytest.warns(UserWarning, match="train .*50 of 50 dialogues truncated to 16 tokens"):

@@ -9,7 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lit_qsum.data.length_grouped_sampler import LengthGroupedBatchSampler, SortedEvalBatchSampler
+from lit_qsum.data.length_grouped_sampler import (
+    LengthGroupedBatchSampler,
+    LongestBatchSampler,
+    SortedEvalBatchSampler,
+)
 
 N = 1000
 _RNG = random.Random(0)
@@ -135,6 +139,41 @@ def test_resume_on_the_same_object_and_set_epoch_semantics():
     sampler.set_epoch(1)
     assert sampler.consumed_samples == 0 and sampler.consumed_batches == 0
     assert sorted(i for b in sampler for i in b) == list(range(N))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_batch_size_change_mid_epoch_applies_from_the_next_batch(world):
+    """What OOM recovery does: shrink batch_size while the epoch runs, before the batch in training is marked."""
+    ranks = _ranks(LENGTHS, 10, world)
+    iterators = [iter(s) for s in ranks]
+    first = [next(it) for it in iterators]  # in training, not yet marked consumed
+    for s in ranks:
+        s.batch_size = 5
+    # the batch in flight counts at the size it was handed out with; the rest is cut at the new size
+    assert all(len(s) == 1 + -(-(N - 10 * world) // (5 * world)) for s in ranks)
+    state = ranks[0].state_dict(unmarked_batches=1)
+    assert (state["consumed_samples"], state["consumed_batches"], state["batch_size"]) == (10 * world, 1, 5)
+    for s in ranks:
+        s.mark_consumed(10)
+    rest = [list(it) for it in iterators]
+    assert all(len(b) == 5 for batches in rest for b in batches[:-1])
+    assert all(len(batches) + 1 == len(s) for batches, s in zip(rest, ranks))
+    seen = [i for b in first for i in b] + [i for batches in rest for b in batches for i in b]
+    assert sorted(seen) == list(range(N))
+    # halving keeps length grouping: each new batch is half of a reference batch of 10 (x world)
+    order = ranks[0].epoch_order()
+    reference = {i: pos // (10 * world) for pos, i in enumerate(order)}
+    for step in zip(*rest):
+        assert len({reference[i] for b in step for i in b}) == 1
+
+
+def test_longest_batch_sampler_repeats_the_longest_samples():
+    sampler = LongestBatchSampler(LENGTHS, 7)
+    batches = list(sampler)
+    longest = sorted(range(N), key=lambda i: -LENGTHS[i])[:7]
+    assert len(batches) == len(sampler) == -(-N // 7) and all(b == longest for b in batches)
+    with pytest.raises(ValueError, match="batch_size"):
+        LongestBatchSampler(LENGTHS, 0)
 
 
 def test_state_saved_at_epoch_end_starts_the_next_epoch():
