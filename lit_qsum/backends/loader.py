@@ -107,5 +107,8 @@ def load_model(
         if decision.backend == "qlora" and spec.quantization.load_in_4bit:
             quantize = hf.bnb_config(spec.quantization, compute_dtype)
         model = hf.load_base_model(path, config, quantize=quantize, dtype=compute_dtype, device=device)
-        model = apply_lora(model, spec.lora, task, spec.gradient_checkpointing)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the same init_seed gives the same LoRA init
+            torch.manual_seed(spec.init_seed)
+            model = apply_lora(model, spec.lora, task, spec.gradient_checkpointing)
     return LoadedModel(model, tokenizer, task, config.model_type, decision, compute_dtype, facts)

@@ -128,3 +128,13 @@ def test_non_summarization_model_is_rejected(tmp_path) -> None:
     ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
     with pytest.raises(UserInputError, match="neither a seq2seq model"):
         load_model(ModelSpec(model_name_or_path=str(tmp_path), tokenizer="lit_qsum:demo"), device=CPU)
+
+
+def test_init_seed_fixes_the_lora_init() -> None:
+    def lora_a(seed: int) -> torch.Tensor:
+        spec = ModelSpec(model_config=TINY["t5"], tokenizer="lit_qsum:demo", backend="lora", init_seed=seed)
+        model = load_model(spec, device=CPU).model
+        return next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()
+
+    assert torch.equal(lora_a(3), lora_a(3))
+    assert not torch.equal(lora_a(3), lora_a(4))
