@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from typing_extensions import override
 
 from lit_qsum.atomic_io import atomic_file, new_temp_dir, publish_dir
+from lit_qsum.errors import UserInputError
 
 
 def adapter_dir(checkpoint_path: _PATH) -> Path:
@@ -46,10 +47,17 @@ class AdapterCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         adapter = checkpoint.pop("peft_adapter", None)
         target = Path(path)
-        with atomic_file(target) as handle:
-            torch.save(checkpoint, handle)
-        if adapter is not None:
-            save_adapter(adapter, adapter_dir(target))
+        try:
+            with atomic_file(target) as handle:
+                torch.save(checkpoint, handle)
+            if adapter is not None:
+                save_adapter(adapter, adapter_dir(target))
+        except OSError as err:  # disk full, permissions: the previous checkpoint is still intact
+            raise UserInputError(
+                f"could not write checkpoint {target}: {err.strerror or err}. Free disk space or point "
+                "the ModelCheckpoint dirpath (--trainer.default_root_dir) somewhere writable; the previous "
+                "checkpoint in that folder is unchanged."
+            ) from err
 
     @override
     def remove_checkpoint(self, path: _PATH) -> None:

@@ -8,6 +8,7 @@ one ``lit-qsum: error: ...`` line, not a traceback (set ``LIT_QSUM_DEBUG=1`` for
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -18,6 +19,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
 from lit_qsum.checkpoint_io import AdapterCheckpointIO
@@ -70,6 +72,14 @@ class LitQsumCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+# commands beside LightningCLI's fit/validate/test/predict: name -> (module, function taking the rest of argv)
+EXTRA_COMMANDS = {
+    "env": ("lit_qsum.env_report", "env_command"),
+    "export": ("lit_qsum.export", "export_command"),
+    "sweep": ("lit_qsum.sweep", "sweep_command"),
+}
+
+
 def check_config_files(argv: list[str]) -> None:
     """Name the file when a ``--config`` YAML is missing or malformed (jsonargparse only says "<unicode string>")."""
     for flag, value in zip(argv, argv[1:]):
@@ -100,18 +110,18 @@ def main(args: list[str] | None = None) -> None:
     """Console-script entry point."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv and argv[0] == "env":
-            from lit_qsum.env_report import env_command  # noqa: PLC0415 - only this subcommand needs it
-
-            env_command(argv[1:])
+        if argv and argv[0] in EXTRA_COMMANDS:
+            module_name, function = EXTRA_COMMANDS[argv[0]]
+            getattr(importlib.import_module(module_name), function)(argv[1:])  # imported only when used
             return
         check_config_files(argv)
         argv, profile = expand_profile_flag(argv)
         if profile is not None:
             print(f"lit-qsum: profile {profile}: {PROFILES[profile]}", file=sys.stderr)
         LitQsumCLI(args=argv)
-    except ValueError as err:
-        if _user_error(err) is None or os.environ.get("LIT_QSUM_DEBUG"):
+    except (ValueError, MisconfigurationException) as err:
+        # Lightning's MisconfigurationException is a setting this machine can't honour (e.g. a GPU on a CPU box)
+        if (_user_error(err) is None and not isinstance(err, MisconfigurationException)) or os.environ.get("LIT_QSUM_DEBUG"):
             raise
         print(f"lit-qsum: error: {err}", file=sys.stderr)
         sys.exit(2)

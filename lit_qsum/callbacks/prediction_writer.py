@@ -63,7 +63,10 @@ class SummaryCsvWriter(BasePredictionWriter):
             rows = {k: v for part in gathered if part for k, v in part.items()}
         if trainer.is_global_zero:
             path = self.resolve_path(trainer)
-            write_csv_atomic(path, [rows[i] for i in sorted(rows)])
+            try:
+                write_csv_atomic(path, [rows[i] for i in sorted(rows)])
+            except OSError as err:
+                raise UserInputError(f"could not write predictions to {path}: {err.strerror or err}") from err
             rank_zero_info(f"wrote {len(rows)} summaries to {path}")
 
 

@@ -96,3 +96,51 @@ def test_fp16_with_t5_is_refused() -> None:
     module._check_precision("bf16-mixed")
     module.loaded = SimpleNamespace(model_type="bart")
     module._check_precision("16-mixed")
+
+
+def test_gpu_on_a_cpu_machine(tmp_path, capsys, monkeypatch) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    err = run_cli(fit("--trainer.accelerator", "gpu"), capsys, monkeypatch, tmp_path)
+    assert "gpu" in err.lower() and "lit-qsum: error" in err
+
+
+def test_disk_full_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch) -> None:
+    import errno
+
+    import torch
+
+    from lit_qsum.checkpoint_io import AdapterCheckpointIO
+    from lit_qsum.errors import UserInputError
+
+    io = AdapterCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, target)
+
+    def full_disk(obj, handle, *args, **kwargs):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserInputError, match="No space left on device"):
+        io.save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=False)["global_step"] == 1  # previous checkpoint intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_unwritable_predictions_folder(tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
+    from lit_qsum.errors import UserInputError
+
+    writer = SummaryCsvWriter(output_path=str(tmp_path / "ro" / "pred.csv"))
+    (tmp_path / "ro").mkdir()
+    real_access = __import__("os").access
+    # the tests run as root, which ignores permission bits: fake what a normal user sees
+    monkeypatch.setattr("os.access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real_access(p, mode))
+    with pytest.raises(UserInputError, match="permission denied"):
+        writer.setup(SimpleNamespace(default_root_dir=str(tmp_path)), None, "predict")
