@@ -29,12 +29,15 @@ from typing import Any, Literal, TypeVar
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lit_qsum.backends.choice import BackendRequest
 from lit_qsum.backends.hf import load_config, task_of
 from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
+from lit_qsum import rng_state
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings
@@ -66,6 +69,28 @@ def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+
+
+def decode_summaries(tokenizer: Any, token_ids: torch.Tensor | list[list[int]]) -> list[str]:
+    """Generated ids to summary text, as scored and written by validate/test/predict.
+
+    Rule: every special token (pad, eos, bos, unk, and any other the tokenizer marks special) is
+    dropped, except tags shaped ``#Name#`` (DialogSum's ``#Person1#``, ``#PhoneNumber#``...): references
+    contain them, so they stay even where a tokenizer registers them as special tokens, which
+    ``skip_special_tokens=True`` would delete. Whitespace runs become one space, ends are stripped.
+    """
+
+    def is_tag(token: str) -> bool:
+        inner = token[1:-1]
+        return len(token) > 2 and token[0] == token[-1] == "#" and "#" not in inner and inner == "".join(inner.split())
+
+    # fast tokenizers skip every added token flagged special, listed in all_special_tokens or not
+    special = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+    special.update(zip(tokenizer.all_special_ids, tokenizer.all_special_tokens))
+    drop = {i for i, token in special.items() if not is_tag(token)}
+    rows = [[int(i) for i in row if int(i) not in drop] for row in token_ids]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return [" ".join(t.split()) for t in texts]
 
 
 class SummarizationModule(L.LightningModule):
@@ -441,7 +466,10 @@ class SummarizationModule(L.LightningModule):
     # ---- generation -----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, batch: dict[str, Any]) -> list[str]:
-        """Summaries for a batch: beam search per ``generation``; causal prompts are stripped from outputs."""
+        """Summaries for a batch: beam search per ``generation``; causal prompts are stripped from outputs.
+
+        Special tokens are dropped, ``#Person1#``-style tags kept, whitespace normalized: see ``decode_summaries``.
+        """
         gen = self.generation
         max_new = gen.max_new_tokens or self._decoder_max_len()
         kwargs = dict(
@@ -460,8 +488,7 @@ class SummarizationModule(L.LightningModule):
         output = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         if self.task == "causal":  # prompts are left-padded to one width, so the summary starts after it
             output = output[:, input_ids.shape[1] :]
-        texts = self.tokenizer.batch_decode(output, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return [" ".join(t.split()) for t in texts]
+        return decode_summaries(self.tokenizer, output)
 
     def _decoder_max_len(self) -> int:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -508,6 +535,29 @@ class SummarizationModule(L.LightningModule):
             for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
                 group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
 
+    @override
+    def on_fit_end(self) -> None:
+        # TensorBoard's HPARAMS tab: this run's settings and decisions beside its final validation scores
+        # (configs set default_hp_metric: false so Lightning writes no placeholder session first)
+        if not isinstance(self.logger, TensorBoardLogger):
+            return
+        final = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        if not final:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        params = {**dict(self.hparams), **self.run_facts}
+        if datamodule is not None:
+            params.update({f"data.{k}": v for k, v in dict(datamodule.hparams).items()})
+        # the metric values come from the val/* scalars already logged; write only the HPARAMS session (as
+        # Lightning's TensorBoardLogger does internally) instead of log_hyperparams(metrics=...), which would
+        # log every val/* scalar a second time
+        from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
+
+        flat = self.logger._sanitize_params(_flatten_dict(_convert_params(params)))
+        writer = self.logger.experiment._get_file_writer()
+        for summary in hparams(flat, final):
+            writer.add_summary(summary, self.global_step)
+
     def _lr_lambda(self, total_steps: float):
         self._lr_total_steps = total_steps
         decay = self.lr_decay
@@ -550,6 +600,7 @@ class SummarizationModule(L.LightningModule):
             "accumulate_grad_batches": self.accumulate_grad_batches,
             "micro_batch_limit": self.micro_batch_limit,
             "nonfinite_total": self.nonfinite_total,
+            "rng": rng_state.capture(),  # same dropout masks after a resume
         }
         peft_config = getattr(self.model, "peft_config", None)
         if peft_config:
@@ -574,6 +625,8 @@ class SummarizationModule(L.LightningModule):
         self.accumulate_grad_batches = state.get("accumulate_grad_batches", self.accumulate_grad_batches)
         self.micro_batch_limit = state.get("micro_batch_limit", self.micro_batch_limit)
         self.nonfinite_total = state.get("nonfinite_total", 0)
+        if "rng" in state and self.trainer.state.fn == "fit":
+            rng_state.restore(state["rng"])
         saved = state.get("backend")
         if saved and saved != self.loaded.decision.backend:
             rank_zero_warn(f"checkpoint was trained with backend {saved}, now running {self.loaded.decision.backend}")

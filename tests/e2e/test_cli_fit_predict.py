@@ -97,7 +97,9 @@ def test_adapter_reloads_with_plain_peft_and_matches(trained: Path) -> None:
     from lit_qsum.data.tokenizer import load_tokenizer
 
     adapter = trained / "checkpoints" / "best.adapter"
-    base_path = next((Path(__import__("os").environ["LIT_QSUM_CACHE"]) / "random-init").glob("t5-*"))
+    import json
+
+    base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_path), str(adapter)).eval()
     state = torch.load(trained / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
     loaded = dict(model.named_parameters())
@@ -115,3 +117,18 @@ def test_console_script_and_module_entry_point_run() -> None:
         assert done.returncode == 0, done.stderr
         for sub in ("fit", "validate", "test", "predict"):
             assert sub in done.stdout
+
+
+def test_tensorboard_hparams_carry_final_rouge(trained: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    event_dir = next(trained.rglob("events.out.tfevents.*")).parent
+    acc = EventAccumulator(str(event_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    metric_tags = {m.name.tag for m in session.experiment.metric_infos}
+    assert {"val/rouge1", "val/rougeL", "val/rouge_sum"} <= metric_tags
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["backend_chosen"].string_value == "lora"
