@@ -187,6 +187,7 @@ class SummarizationModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.loaded: LoadedModel | None = None
         self.run_facts: dict[str, Any] = {}
+        self._trainable_params: list[torch.nn.Parameter] | None = None
         self._val_examples: list[tuple[str, str, str]] = []
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
@@ -337,7 +338,10 @@ class SummarizationModule(L.LightningModule):
             p.grad = None if snapshot is None else snapshot[i]
 
     def _trainable(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        # built once: walking every (frozen, 4-bit) parameter on each optimizer step is wasted host time
+        if self._trainable_params is None:
+            self._trainable_params = [p for p in self.model.parameters() if p.requires_grad]
+        return self._trainable_params
 
     def _on_nonfinite(self, loss: torch.Tensor) -> None:
         self.nonfinite_in_a_row += 1
@@ -497,7 +501,7 @@ class SummarizationModule(L.LightningModule):
     # ---- optimization ---------------------------------------------------------------------------
     @override
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self._trainable()
         if not params:
             raise UserInputError("no trainable parameters: check --model.lora.target_modules and --model.backend")
         optimizer = self.optimizer_factory(params)
