@@ -40,7 +40,8 @@ from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
 from lit_qsum import rng_state
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
-from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings
+from lit_qsum.fastpath import apply_speedups, restore_speedups
+from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings, SpeedSettings
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
 _Result = TypeVar("_Result")
@@ -105,6 +106,7 @@ class SummarizationModule(L.LightningModule):
         lora: LoraSettings | None = None,
         quantization: QuantizationSettings | None = None,
         gradient_checkpointing: bool = False,
+        speed: SpeedSettings | None = None,
         generation: GenerationSettings | None = None,
         rouge_tokenizer: RougeTokenizer = "default",
         rouge_multi_ref: MultiRef = "best",
@@ -128,6 +130,7 @@ class SummarizationModule(L.LightningModule):
             lora: LoRA adapter shape (rank, alpha, dropout, targets, per-module patterns).
             quantization: bitsandbytes 4-bit settings for the qlora/unsloth backends.
             gradient_checkpointing: Recompute activations in backward: much less memory, ~30% slower steps.
+            speed: The fast path (fused LoRA layers, attention backend); each piece can be switched off.
             generation: Beam search and length settings for validation/test/predict summaries.
             rouge_tokenizer: How ROUGE splits text: default (Unicode words), whitespace, char, morpheme (Kiwi).
             rouge_multi_ref: With several references: best (max per metric) or mean.
@@ -166,6 +169,7 @@ class SummarizationModule(L.LightningModule):
         if (model_name_or_path is None) == (model_config is None):
             raise UserInputError("set exactly one of --model.model_name_or_path and --model.model_config")
         self.generation = generation or GenerationSettings()
+        self.speed = speed or SpeedSettings()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.warmup_ratio = warmup_ratio
@@ -202,6 +206,11 @@ class SummarizationModule(L.LightningModule):
         self.loaded = load_model(self.spec, device=device, num_devices=trainer.world_size)
         self.model = self.loaded.model
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found
+        if self.loaded.decision.backend in ("qlora", "lora"):
+            for line in apply_speedups(
+                self.model, self.speed, device=device, gradient_checkpointing=self.spec.gradient_checkpointing
+            ):
+                rank_zero_info(line)
         self._check_precision(str(trainer.precision))
         decision = self.loaded.decision
         rank_zero_info(decision.report())
@@ -561,6 +570,10 @@ class SummarizationModule(L.LightningModule):
         writer = self.logger.experiment._get_file_writer()
         for summary in hparams(flat, final):
             writer.add_summary(summary, self.global_step)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        restore_speedups()
 
     def _lr_lambda(self, total_steps: float):
         self._lr_total_steps = total_steps

@@ -88,3 +88,18 @@ class GenerationSettings:
             raise UserInputError(
                 f"--model.generation.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"
             )
+
+
+@dataclass
+class SpeedSettings:
+    """The training fast path (``lit_qsum.fastpath``); every piece keeps the math of the plain peft path."""
+
+    fused_lora: bool = True
+    """One fused autograd op per LoRA layer (dequantize + base GEMM + adapter) instead of peft's modules."""
+    dequant: Literal["bitsandbytes", "torch"] = "bitsandbytes"
+    """4-bit dequantization by bitsandbytes' kernel, or by plain torch ops (same values; traceable)."""
+    cudnn_attention: bool = False
+    """Allow cuDNN scaled-dot-product attention; it re-plans for every new batch shape (slow host side)."""
+    compile: bool = False
+    """torch.compile each transformer block for training (fused kernels, far less host time per layer);
+    costs a one-off compile of a minute or two. Generation stays eager."""

@@ -1,0 +1,292 @@
+"""One autograd node per LoRA layer: ``y = x W^T + s * B(A(dropout(x)))`` with ``W`` dequantized on the fly.
+
+peft's LoRA layer over a bitsandbytes ``Linear4bit`` runs, per call, the base module (quant-state
+fix-ups, casts, ``MatMul4Bit``), a defensive clone, a dropout module, two ``nn.Linear`` modules under
+autocast (each casting its float32 weight), a scale and an add: about a dozen launches and as many
+autograd nodes, each with its Python around it. ``FusedLoraLinear`` does the same arithmetic as one
+autograd node: dequantize (one kernel), the base GEMM, dropout, the adapter's down-projection, and the
+up-projection added into the base output by the GEMM's epilogue (``addmm_``). Backward computes only
+the gradients needed (never one for the frozen 4-bit weight) and, under gradient checkpointing, reuses
+the weight dequantized by the recompute instead of dequantizing a third time (the recompute happens
+layer by layer, so at most one layer's weight is held).
+
+The math is peft's: the same dropout kernel (``native_dropout``, which ``nn.Dropout`` runs on GPUs, so
+one seed gives one mask), the adapter weights cast to the compute dtype, products accumulated in float32
+by the GEMMs. Results differ from peft's only by rounding order (tests/fastpath check loss and LoRA
+gradients against peft on tiny models).
+
+``fuse_lora_layers`` swaps the ``forward`` of each eligible peft layer (plain LoRA, one active adapter,
+not merged; anything else falls back to peft's own forward at call time), so peft still owns the
+adapter weights, saving, merging and loading.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lit_qsum.fastpath.dequant import dequantize_4bit, dequantize_4bit_torch, quant_state_of
+
+Dequantize = Callable[[torch.Tensor, Any, torch.dtype], torch.Tensor]
+
+
+def _base_weight(weight: torch.Tensor, state: Any, dtype: torch.dtype, dequantize: Dequantize) -> torch.Tensor:
+    if state is None:
+        return weight if weight.dtype == dtype else weight.to(dtype)
+    return dequantize(weight, state, dtype)
+
+
+class FusedLoraLinear(torch.autograd.Function):
+    """``x [..., in] -> [..., out]``; gradients for ``x``, ``lora_a [r, in]`` and ``lora_b [out, r]`` only."""
+
+    @staticmethod
+    def forward(  # noqa: PLR0913 - one node takes everything the layer needs
+        ctx: Any,
+        x: torch.Tensor,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        state: Any,
+        scaling: float,
+        p: float,
+        dtype: torch.dtype,
+        out_dtype: torch.dtype,
+        keep_weight: bool,
+        dequantize: Dequantize,
+    ) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.dtype != dtype:
+            x2 = x2.to(dtype)
+        w = _base_weight(weight, state, dtype, dequantize)
+        a = lora_a.to(dtype)
+        b = lora_b.to(dtype)
+        if p > 0.0:
+            xd, mask = torch.ops.aten.native_dropout(x2, p, True)
+        else:
+            xd, mask = x2, None
+        down = torch.mm(xd, a.t())
+        y = torch.mm(x2, w.t()) if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
+        y.addmm_(down, b.t(), alpha=scaling)
+        ctx.save_for_backward(xd, down, mask, a, b, w if keep_weight else None)
+        ctx.weight, ctx.state, ctx.dequantize = (None if keep_weight else weight), state, dequantize
+        ctx.scaling, ctx.p, ctx.dtype, ctx.x_shape, ctx.x_dtype = scaling, p, dtype, shape, x.dtype
+        ctx.a_dtype, ctx.b_dtype = lora_a.dtype, lora_b.dtype
+        y = y.view(*shape[:-1], y.shape[-1])
+        return y if y.dtype == out_dtype else y.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        xd, down, mask, a, b, w = ctx.saved_tensors
+        need_x, need_a, need_b = ctx.needs_input_grad[:3]
+        g = grad.reshape(-1, grad.shape[-1])
+        if g.dtype != ctx.dtype:
+            g = g.to(ctx.dtype)
+        grad_x = grad_a = grad_b = None
+        if need_b:
+            grad_b = torch.mm(g.t(), down).to(ctx.b_dtype).mul_(ctx.scaling)
+        if need_x or need_a:
+            g_down = torch.mm(g, b)  # [n, r]: the gradient at the adapter's bottleneck, before scaling
+            if need_a:
+                grad_a = torch.mm(g_down.t(), xd).to(ctx.a_dtype).mul_(ctx.scaling)
+            if need_x:
+                if w is None:
+                    w = _base_weight(ctx.weight, ctx.state, ctx.dtype, ctx.dequantize)
+                grad_x = torch.mm(g, w)
+                through_adapter = torch.mm(g_down, a)
+                if mask is None:
+                    grad_x.add_(through_adapter, alpha=ctx.scaling)
+                else:
+                    grad_x.add_(through_adapter.mul_(mask), alpha=ctx.scaling / (1.0 - ctx.p))
+                grad_x = grad_x.view(ctx.x_shape)
+                if grad_x.dtype != ctx.x_dtype:
+                    grad_x = grad_x.to(ctx.x_dtype)
+        return grad_x, grad_a, grad_b, None, None, None, None, None, None, None, None, None
+
+
+class _Plan:
+    """What a fused layer reads on each call, found once when the layer is patched."""
+
+    __slots__ = ("adapter", "lora_a", "lora_b", "dropout", "base", "four_bit", "keep_weight", "dequantize")
+
+    def __init__(self, layer: torch.nn.Module, adapter: str, keep_weight: bool, dequantize: Dequantize) -> None:
+        self.adapter = adapter
+        self.lora_a = layer.lora_A[adapter].weight
+        self.lora_b = layer.lora_B[adapter].weight
+        self.dropout = layer.lora_dropout[adapter]
+        self.base = layer.get_base_layer()
+        self.four_bit = _is_linear4bit(self.base)
+        self.keep_weight = keep_weight
+        self.dequantize = dequantize
+
+
+def _is_linear4bit(module: torch.nn.Module) -> bool:
+    try:
+        from bitsandbytes.nn import Linear4bit  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return False
+    return isinstance(module, Linear4bit)
+
+
+def _fused_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    plan: _Plan = self._lit_qsum_plan
+    if (
+        args
+        or kwargs
+        or self._disable_adapters
+        or self.merged_adapters
+        or self._active_adapter not in (plan.adapter, [plan.adapter])
+    ):
+        return type(self).forward(self, x, *args, **kwargs)  # peft's own
+    base = plan.base
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    state = None
+    if plan.four_bit:
+        state = quant_state_of(base)
+        if autocast:
+            dtype = torch.get_autocast_dtype(device_type)
+        else:
+            dtype = base.compute_dtype or x.dtype
+        out_dtype = torch.promote_types(x.dtype, dtype)
+        weight = base.weight.data
+    else:
+        weight = base.weight
+        dtype = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
+        out_dtype = dtype
+    dropout = plan.dropout
+    p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+    keep = plan.keep_weight and torch.is_grad_enabled()
+    return FusedLoraLinear.apply(
+        x, plan.lora_a, plan.lora_b, weight, base.bias, state, self.scaling[plan.adapter], p, dtype, out_dtype, keep,
+        plan.dequantize,
+    )
+
+
+def eligible(layer: torch.nn.Module) -> str | None:
+    """Why ``layer`` can't be fused, or None if it can (plain LoRA on a Linear or 4-bit Linear)."""
+    base = layer.get_base_layer()
+    if not (type(base) is torch.nn.Linear or _is_linear4bit(base)):
+        return f"base layer {type(base).__name__}"
+    if getattr(layer, "fan_in_fan_out", False):
+        return "fan_in_fan_out"
+    adapters = list(layer.lora_A.keys())
+    if len(adapters) != 1:
+        return f"{len(adapters)} adapters"
+    adapter = adapters[0]
+    if adapter in getattr(layer, "lora_variant", {}):
+        return "a LoRA variant (DoRA, aLoRA...)"
+    if layer.lora_A[adapter].bias is not None or layer.lora_B[adapter].bias is not None:
+        return "adapter bias"
+    if layer.get_base_layer().bias is not None and layer.get_base_layer().bias.requires_grad:
+        return "trainable base bias"
+    return None
+
+
+def fuse_lora_layers(model: torch.nn.Module, *, keep_weight: bool, dequant: str = "bitsandbytes") -> tuple[int, dict[str, int]]:
+    """Swap peft LoRA layers' forward for the fused one; returns (fused, {reason: count} of those left alone)."""
+    from peft.tuners.lora import LoraLayer  # noqa: PLC0415
+
+    dequantize = dequantize_4bit if dequant == "bitsandbytes" else dequantize_4bit_torch
+    fused, skipped = 0, {}
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        reason = eligible(module)
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        module._lit_qsum_plan = _Plan(module, next(iter(module.lora_A.keys())), keep_weight, dequantize)
+        module.forward = types.MethodType(_fused_forward, module)
+        fused += 1
+    return fused, skipped
+
+
+def unfuse_lora_layers(model: torch.nn.Module) -> int:
+    """Give every fused layer its peft forward back."""
+    restored = 0
+    for module in model.modules():
+        if module.__dict__.pop("_lit_qsum_plan", None) is not None:
+            module.__dict__.pop("forward", None)
+            restored += 1
+    return restored
+
+
+# ---- the traceable variant, for torch.compile ------------------------------------------------------
+class QuantTensors(torch.nn.Module):
+    """A 4-bit layer's quantization constants as (non-persistent) buffers, so a compiler sees them as inputs.
+
+    A bitsandbytes ``QuantState`` is a plain Python object: a compiler would guard on its identity and
+    recompile for every layer. As buffers of a submodule, layers of one shape share one compiled graph.
+    """
+
+    def __init__(self, state: Any) -> None:
+        super().__init__()
+        self.blocksize = int(state.blocksize)
+        self.out_features, self.in_features = (int(n) for n in state.shape)
+        self.nested = bool(state.nested)
+        self.register_buffer("absmax", state.absmax, persistent=False)
+        self.register_buffer("code", state.code, persistent=False)
+        if self.nested:
+            self.blocksize2 = int(state.state2.blocksize)
+            self.register_buffer("absmax2", state.state2.absmax, persistent=False)
+            self.register_buffer("code2", state.state2.code, persistent=False)
+            self.register_buffer("offset", torch.as_tensor(state.offset, dtype=torch.float32, device=state.absmax.device).reshape(1), persistent=False)
+
+    def dequantize(self, packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        flat = packed.reshape(-1)
+        if flat.dtype != torch.uint8:
+            flat = flat.view(torch.uint8)
+        codes = torch.stack((flat >> 4, flat & 0xF), dim=-1).reshape(-1).long()
+        absmax = self.absmax
+        if self.nested:
+            scale = self.absmax2.repeat_interleave(self.blocksize2)[: absmax.numel()]
+            absmax = self.code2[absmax.long()] * scale + self.offset
+        covered = absmax.numel() * self.blocksize
+        if codes.numel() < covered:
+            codes = torch.nn.functional.pad(codes, (0, covered - codes.numel()))
+        values = self.code[codes[:covered]].view(-1, self.blocksize) * absmax.float()[:, None]
+        numel = self.out_features * self.in_features
+        return values.reshape(-1)[:numel].view(self.out_features, self.in_features).to(dtype)
+
+
+def _traceable_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Plain differentiable ops (a compiler derives and fuses the backward); same arithmetic as ``FusedLoraLinear``."""
+    plan: _Plan = self._lit_qsum_plan
+    if args or kwargs or self._disable_adapters or self.merged_adapters:
+        return type(self).forward(self, x, *args, **kwargs)
+    base = plan.base
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    if plan.four_bit:
+        dtype = torch.get_autocast_dtype(device_type) if autocast else (base.compute_dtype or x.dtype)
+        out_dtype = torch.promote_types(x.dtype, dtype)
+        weight = base.lq_quant.dequantize(base.weight.data, dtype)
+    else:
+        dtype = torch.get_autocast_dtype(device_type) if autocast else base.weight.dtype
+        out_dtype = dtype
+        weight = base.weight.to(dtype)
+    x = x.to(dtype)
+    dropout = plan.dropout
+    down = torch.nn.functional.linear(dropout(x), plan.lora_a.to(dtype))
+    bias = None if base.bias is None else base.bias.to(dtype)
+    y = torch.nn.functional.linear(x, weight, bias) + self.scaling[plan.adapter] * torch.nn.functional.linear(down, plan.lora_b.to(dtype))
+    return y.to(out_dtype)
+
+
+def make_traceable(model: torch.nn.Module) -> int:
+    """Switch fused layers to the traceable forward (for ``torch.compile``); returns how many."""
+    switched = 0
+    for module in model.modules():
+        plan = module.__dict__.get("_lit_qsum_plan")
+        if plan is None:
+            continue
+        if plan.four_bit and not hasattr(plan.base, "lq_quant"):
+            plan.base.lq_quant = QuantTensors(quant_state_of(plan.base))
+        module.forward = types.MethodType(_traceable_forward, module)
+        switched += 1
+    return switched
