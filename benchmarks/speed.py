@@ -1,0 +1,670 @@
+"""Throughput and memory of lit-qsum's QLoRA path against the standard Hugging Face QLoRA recipe (issue #5).
+
+  python benchmarks/speed.py --shapes kobart bart-large t5-large --tools hf lit-qsum --warmup 5 --steps 30
+  python benchmarks/speed.py --lit-variant default='{}' --lit-variant pad64='{"data": {"pad_to_multiple_of": 64}}'
+  python benchmarks/speed.py --smoke                  # CPU, tiny shapes, fp32: checks the harness, not speed
+
+Both tools train the same random-init weights (one folder per shape, loaded with ``from_pretrained``) on
+the same seeded synthetic token ids: encoder lengths lognormal around 270 tokens (cap 512), summaries
+around 49 (cap 200), one epoch = warm-up + timed steps. Settings match: NF4 + double quant, bf16,
+LoRA r16/alpha 32/dropout 0.05 on every attention and FFN linear, gradient checkpointing, micro-batch 16,
+length-grouped batches, lr 2e-4, gradient clipping 1.0.
+
+- ``hf``: ``prepare_model_for_kbit_training`` + ``get_peft_model`` + ``Seq2SeqTrainer`` (paged_adamw_8bit,
+  ``DataCollatorForSeq2Seq``, transformers' own length grouping).
+- ``lit-qsum``: ``SummarizationModule(backend="qlora")`` in a Lightning ``Trainer`` (bf16-mixed, AdamW),
+  fed by lit-qsum's ``LengthGroupedBatchSampler`` and ``Seq2SeqCollator``. ``--lit-variant NAME=JSON``
+  adds module kwargs (``{"module": {...}}``; dicts become the parameter's settings dataclass) and data
+  settings (``{"data": {"pad_to_multiple_of": 64}}``).
+
+Each (shape, tool, variant) runs in its own process, so peak memory and caches do not leak between
+runs; a failed run becomes an error record. Reported per run: non-pad tokens/s (encoder + label tokens)
+and step time over the timed steps (one ``synchronize`` at each end of the window), peak allocated and
+reserved GiB from ``reset_peak_memory_stats`` after loading, MFU = tokens/s * 6N / peak bf16 dense FLOP/s
+(N = every parameter of the full-precision model), and a loss check: the eval-mode loss of the first 16
+samples through each tool's model before training, which must agree (both LoRA inits leave the base
+function unchanged). Results: ``--out``/<UTC date>-<what>.{json,md}; an existing file is never replaced.
+
+Random-init weights are cached under ``LIT_QSUM_CACHE`` (default ~/.cache/lit_qsum); point it inside the
+checkout (e.g. ``outputs/cache``, git-ignored) to keep them across runs on a machine that keeps build outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import functools
+import inspect
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+from transformers import Seq2SeqTrainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from typing_extensions import override
+
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS.parent)]  # shapes.py, and this checkout's lit_qsum
+from shapes import SHAPES  # noqa: E402
+
+from lit_qsum.data.collate import IGNORE_INDEX, Seq2SeqCollator  # noqa: E402
+
+RESULTS = Path(os.environ.get("LIT_QSUM_RESULTS", BENCHMARKS / "results"))
+TOOLS = ("hf", "lit-qsum")
+HF_VARIANT = "recipe"  # the variant name of the baseline's records
+LORA = {"rank": 16, "alpha": 32, "dropout": 0.05}
+LEARNING_RATE = 2e-4
+LOSS_CHECK_SAMPLES = 16
+# bf16 dense tensor-core peak, FLOP/s; matched by substring of torch.cuda.get_device_name(), first hit wins
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}
+# CPU-sized shapes for --smoke; vocab and special ids come from the demo tokenizer
+SMOKE_SHAPES: dict[str, dict] = {
+    "tiny-t5": {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2,
+                "num_decoder_layers": 2, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
+    "tiny-bart": {"model_type": "bart", "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+                  "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
+                  "decoder_ffn_dim": 128, "max_position_embeddings": 128},
+}
+# SummarizationModule arguments the harness sets itself: a variant changes how it trains, not what; steps are
+# timed per loader batch, so accumulation stays 1
+HARNESS_OWNED = frozenset({"model_name_or_path", "model_config", "tokenizer", "backend", "optimizer", "scheduler",
+                           "accumulate_grad_batches"})
+DATA_DEFAULTS = {"pad_to_multiple_of": 8}
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthDist:
+    """Token lengths: lognormal around ``median``, clamped to [minimum, cap]."""
+
+    median: int
+    cap: int
+    minimum: int
+    sigma: float = 0.5
+
+    def sample(self, n: int, generator: torch.Generator) -> list[int]:
+        z = torch.randn(n, generator=generator, dtype=torch.float64)
+        return (self.median * torch.exp(self.sigma * z)).round().clamp(self.minimum, self.cap).long().tolist()
+
+
+# DialogSum-like: ~10% of dialogues hit the 512-token encoder cap; summaries rarely reach 200
+LENGTHS = {"encoder": LengthDist(270, 512, 8), "decoder": LengthDist(49, 200, 4)}
+SMOKE_LENGTHS = {"encoder": LengthDist(40, 64, 8), "decoder": LengthDist(12, 24, 4)}
+
+
+# ---- parent: prepare each shape once, run every (shape, tool, variant) in its own process ----------
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(Path(args.worker))
+        return
+    date = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    stem = args.out / f"{date}-{args.what}"
+    for path in (stem.with_suffix(".json"), stem.with_suffix(".md")):
+        if path.exists():
+            sys.exit(f"{path} exists; results are never overwritten: pass another --what, or move it away")
+    records: list[dict[str, Any]] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lit-qsum-speed-") as tmp:
+        for shape in args.shapes:
+            info = prepare_shape(shape, args, Path(tmp))
+            print(f"{shape}: {info['num_params']:,} parameters, weights at {info['model_path']}", flush=True)
+            runs = [("hf", {"name": HF_VARIANT, "module": {}, "data": {}})] if "hf" in args.tools else []
+            runs += [("lit-qsum", v) for v in args.lit_variants.values()] if "lit-qsum" in args.tools else []
+            for tool, variant in runs:
+                spec = {**info, "tool": tool, "variant": variant, "warmup": args.warmup, "steps": args.steps,
+                        "micro_batch": args.micro_batch, "seed": args.seed, "smoke": args.smoke, "date": date}
+                records.append(launch_worker(spec, Path(tmp), args.worker_timeout))
+                # what has finished so far survives a parent killed by an outer time limit
+                stem.with_suffix(".partial.json").write_text(json.dumps(records, indent=1))
+    add_loss_diffs(records)
+    write_results(stem, records, args)
+    stem.with_suffix(".partial.json").unlink(missing_ok=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", help="default: kobart bart-large t5-large (--smoke: tiny-t5 tiny-bart)")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--warmup", type=int, default=5, help="optimizer steps before the timed window")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
+    parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--lit-variant", action="append", default=[], metavar="NAME=JSON",
+                        help='lit-qsum settings to measure, e.g. pad64=\'{"data": {"pad_to_multiple_of": 64}}\' '
+                             '(repeatable; default: one variant "default" = {})')
+    parser.add_argument("--seed", type=int, default=0, help="weights, data, LoRA init and sample order")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--what", help="results file name after the date (default seq2seq-qlora-speed[-smoke])")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, short sequences, fp32")
+    parser.add_argument("--worker-timeout", type=int, default=300, help="seconds before a run is killed")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one spec file
+    args = parser.parse_args(argv)
+    if args.worker:
+        return args
+    if args.warmup < 1 or args.steps < 1 or args.micro_batch < 1:
+        parser.error("--warmup, --steps and --micro-batch must be >= 1 (the first step warms allocators up)")
+    known = seq2seq_shapes()
+    args.shapes = args.shapes or list(SMOKE_SHAPES if args.smoke else ("kobart", "bart-large", "t5-large"))
+    if unknown := [s for s in args.shapes if s not in known]:
+        parser.error(f"--shapes: unknown {unknown}; known: {', '.join(known)}")
+    args.what = args.what or ("seq2seq-qlora-speed-smoke" if args.smoke else "seq2seq-qlora-speed")
+    try:
+        args.lit_variants = parse_variants(args.lit_variant or ["default={}"])
+        for variant in args.lit_variants.values():  # a bad variant fails here, before any model is built
+            lit_module_kwargs(variant["name"], variant["module"])
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    return args
+
+
+def seq2seq_shapes() -> dict[str, dict]:
+    """benchmarks/shapes.py's encoder-decoder shapes and the smoke shapes (the recipe is seq2seq-only)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES  # noqa: PLC0415
+
+    shapes = {**SHAPES, **SMOKE_SHAPES}
+    return {name: c for name, c in shapes.items() if c["model_type"] in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}
+
+
+def parse_variants(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``NAME=JSON`` strings to ``{name: {"name", "module", "data"}}``; unknown keys are errors."""
+    variants: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name or name in variants or name == HF_VARIANT:
+            raise ValueError(f"--lit-variant {item!r}: expected a new NAME=JSON (names unique, not {HF_VARIANT!r})")
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--lit-variant {name}: invalid JSON: {err}") from err
+        if not isinstance(spec, dict) or set(spec) - {"module", "data"} or not all(
+            isinstance(v, dict) for v in spec.values()
+        ):
+            raise ValueError(f'--lit-variant {name}: expected {{"module": {{...}}, "data": {{...}}}}, '
+                             f"both optional; got {text}")
+        if unknown := set(spec.get("data", {})) - set(DATA_DEFAULTS):
+            raise ValueError(f"--lit-variant {name}: unknown data keys {sorted(unknown)}; known: {list(DATA_DEFAULTS)}")
+        variants[name] = {"name": name, "module": spec.get("module", {}), "data": spec.get("data", {})}
+    return variants
+
+
+def prepare_shape(shape: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Save the shape's random-init weights (cached) and its synthetic data; count full-precision parameters."""
+    from transformers import AutoModelForSeq2SeqLM  # noqa: PLC0415
+
+    from lit_qsum.backends.hf import config_from_dict, materialize_random_init  # noqa: PLC0415
+    from lit_qsum.data.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    tokenizer = load_tokenizer("lit_qsum:demo")
+    config = config_from_dict(seq2seq_shapes()[shape], tokenizer)
+    model_path = materialize_random_init(config, args.seed, tokenizer)
+    with torch.device("meta"):
+        num_params = sum(p.numel() for p in AutoModelForSeq2SeqLM.from_config(config).parameters())
+    n = args.micro_batch * (args.warmup + args.steps)  # one epoch is the whole run; no tool drops a batch
+    samples = synthetic_samples(n, config.vocab_size, tokenizer.eos_token_id,
+                                SMOKE_LENGTHS if args.smoke else LENGTHS, args.seed)
+    data_path = tmp / f"{shape}-data.pt"
+    torch.save(samples, data_path)
+    return {"shape": shape, "model_path": str(model_path), "data_path": str(data_path), "num_params": num_params,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def synthetic_samples(
+    n: int, vocab_size: int, eos_id: int, lengths: dict[str, LengthDist], seed: int
+) -> list[dict[str, list[int]]]:
+    """``n`` samples of uniform token ids in [5, vocab_size - 1] (clear of special ids), each ending in eos."""
+    generator = torch.Generator().manual_seed(seed)
+    encoder, decoder = lengths["encoder"].sample(n, generator), lengths["decoder"].sample(n, generator)
+    samples = []
+    for enc, dec in zip(encoder, decoder):
+        ids = torch.randint(5, vocab_size, (enc + dec,), generator=generator).tolist()
+        samples.append({"input_ids": ids[: enc - 1] + [eos_id], "labels": ids[enc:-1] + [eos_id]})
+    return samples
+
+
+def launch_worker(spec: dict[str, Any], tmp: Path, timeout: int) -> dict[str, Any]:
+    """Run one spec in a fresh process; any failure becomes a record with ``error`` set."""
+    label = f"{spec['shape']}/{spec['tool']}/{spec['variant']['name']}"
+    stem = tmp / label.replace("/", "--")
+    spec = {**spec, "result_path": str(stem.with_suffix(".result.json"))}
+    stem.with_suffix(".spec.json").write_text(json.dumps(spec))
+    start = time.perf_counter()
+    error = None
+    with stem.with_suffix(".log").open("w") as log:
+        try:
+            done = subprocess.run([sys.executable, __file__, "--worker", str(stem.with_suffix(".spec.json"))],
+                                  stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            if done.returncode != 0:
+                error = f"worker exited with status {done.returncode}"
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {timeout} s (--worker-timeout)"
+    result_path = Path(spec["result_path"])
+    record = json.loads(result_path.read_text()) if result_path.exists() else {}
+    if error or record.get("error"):
+        tail = stem.with_suffix(".log").read_text().splitlines()[-15:]
+        print(f"{label}: FAILED ({record.get('error') or error})\n  " + "\n  ".join(tail), flush=True)
+        record = {**empty_record(spec), **record, "error": record.get("error") or error}
+    else:
+        print(f"{label}: {record['tokens_per_s']:,.0f} tokens/s, {record['step_time_s']:.3f} s/step, peak "
+              f"{_cell(record['peak_allocated_gib'])} GiB allocated, eval loss {record['loss_check']['eval_loss']:.5f} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return record
+
+
+def empty_record(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"shape": spec["shape"], "tool": spec["tool"], "variant": spec["variant"]["name"],
+            "variant_config": {k: spec["variant"][k] for k in ("module", "data")}, "tokens_per_s": None,
+            "peak_allocated_gib": None, "peak_reserved_gib": None, "gpu": None, "date": spec["date"],
+            "step_time_s": None, "first_step_s": None, "mfu": None, "loss_check": None,
+            "micro_batch": spec["micro_batch"], "timed_steps": spec["steps"], "timed_tokens": None,
+            "non_pad_share": None,
+            "num_params": spec["num_params"], "versions": None, "error": None}
+
+
+def add_loss_diffs(records: list[dict[str, Any]]) -> None:
+    """Each lit-qsum loss check gets its relative difference to the hf loss of the same shape."""
+    hf_loss = {r["shape"]: r["loss_check"]["eval_loss"] for r in records if r["tool"] == "hf" and r["loss_check"]}
+    for r in records:
+        if r["tool"] == "lit-qsum" and r["loss_check"] and r["shape"] in hf_loss:
+            reference = hf_loss[r["shape"]]
+            r["loss_check"]["rel_diff_vs_hf"] = abs(r["loss_check"]["eval_loss"] - reference) / abs(reference)
+
+
+def write_results(stem: Path, records: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    ok = next((r for r in records if not r["error"]), None)
+    gpu, versions = (ok["gpu"], ok["versions"]) if ok else ("unknown (every run failed)", {})
+    lengths = SMOKE_LENGTHS if args.smoke else LENGTHS
+    variants = ", ".join(f"{n} = `{json.dumps({k: v[k] for k in ('module', 'data') if v[k]})}`"
+                         for n, v in args.lit_variants.items())
+    lines = [
+        f"# {args.what}", "",
+        f"- command: `python benchmarks/speed.py {shlex.join(sys.argv[1:])}`",
+        f"- card: {gpu}; date: {records[0]['date'] if records else ''}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- micro-batch {args.micro_batch}, {args.warmup} warm-up + {args.steps} timed optimizer steps per run, seed "
+        f"{args.seed}; synthetic ids, encoder lengths lognormal median {lengths['encoder'].median} (cap "
+        f"{lengths['encoder'].cap}), decoder median {lengths['decoder'].median} (cap {lengths['decoder'].cap})",
+        "- both: NF4 + double quant, " + ("fp32 on CPU (smoke)" if args.smoke else "bf16")
+        + ", LoRA r16/alpha 32/dropout 0.05 on all attention+FFN linears, gradient checkpointing, lr 2e-4, clip 1.0; "
+        "hf = prepare_model_for_kbit_training + Seq2SeqTrainer ("
+        + ("adamw_torch" if args.smoke else "paged_adamw_8bit") + ", group_by_length); "
+        "lit-qsum = SummarizationModule(backend=qlora) + Lightning (AdamW, LengthGroupedBatchSampler)",
+        f"- lit-qsum variants: {variants}",
+        "- tokens/s: non-pad encoder + label tokens of the timed steps / their wall time; "
+        "MFU = tokens/s * 6N / peak bf16 dense FLOP/s, N = all parameters of the full-precision model; "
+        "non-pad share: non-pad / padded tokens of the timed batches (each tool groups lengths its own way)", "",
+    ]
+    for shape in args.shapes:
+        rows = [r for r in records if r["shape"] == shape]
+        hf = next((r["tokens_per_s"] for r in rows if r["tool"] == "hf" and r["tokens_per_s"]), None)
+        lines += [f"## {shape} ({rows[0]['num_params']:,} parameters)" if rows else f"## {shape}", "",
+                  "| tool | variant | tokens/s | vs hf | step time s | peak allocated GiB | peak reserved GiB | MFU "
+                  "| non-pad share |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["error"]:
+                lines.append(f"| {r['tool']} | {r['variant']} | error: {r['error'][:120]} | | | | | | |")
+                continue
+            ratio = f"{r['tokens_per_s'] / hf:.3f}" if hf else "-"
+            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+            cells = [r["tool"], r["variant"], f"{r['tokens_per_s']:,.0f}", ratio, f"{r['step_time_s']:.3f}",
+                     _cell(r["peak_allocated_gib"]), _cell(r["peak_reserved_gib"]), mfu,
+                     f"{r['non_pad_share']:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"## loss check: eval-mode loss of the first {LOSS_CHECK_SAMPLES} samples before training "
+              + ("(fp32)" if args.smoke else "(bf16 autocast)"), "",
+              "| shape | variant | hf | lit-qsum | relative difference |", "|---|---|---|---|---|"]
+    for r in records:
+        if r["tool"] == "lit-qsum" and r["loss_check"]:
+            hf_loss = next((h["loss_check"]["eval_loss"] for h in records
+                            if h["tool"] == "hf" and h["shape"] == r["shape"] and h["loss_check"]), None)
+            diff = r["loss_check"].get("rel_diff_vs_hf")
+            lines.append(f"| {r['shape']} | {r['variant']} | {'-' if hf_loss is None else f'{hf_loss:.5f}'} | "
+                         f"{r['loss_check']['eval_loss']:.5f} | {'-' if diff is None else f'{diff:.2e}'} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with stem.with_suffix(".json").open("x") as f:  # "x": never replace a file that appeared meanwhile
+        json.dump(records, f, indent=1)
+    with stem.with_suffix(".md").open("x") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    print(f"wrote {stem}.json and {stem}.md", flush=True)
+
+
+# ---- worker: one (shape, tool, variant) in this process ---------------------------------------------
+PROFILE_STEPS = 2
+
+
+class StepWindow:
+    """Non-pad tokens and wall time of optimizer steps ``warmup + 1 .. warmup + steps``.
+
+    Token counts accumulate as tensors where the batch lives (no per-step sync); the device is
+    synchronized only at the window's two ends and after the first step.
+    """
+
+    def __init__(self, warmup: int, steps: int, cuda: bool) -> None:
+        self.warmup, self.steps, self.cuda = warmup, steps, cuda
+        self.tokens: torch.Tensor | None = None
+        self.padded = 0
+        self.start = self.first_step_s = self.t0 = self.t1 = None
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def train_start(self) -> None:
+        self.start = self._now()
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        """Count a batch of the timed window."""
+        tokens = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
+        self.tokens = tokens if self.tokens is None else self.tokens + tokens
+        self.padded += batch["input_ids"].numel() + batch["labels"].numel()  # shapes are host-side: no sync
+
+    def step_end(self, step: int) -> None:
+        """After optimizer step ``step`` (1-based)."""
+        if step == 1:
+            self.first_step_s = self._now() - self.start
+        if step == self.warmup:
+            self.t0 = self._now()
+            self._profile_start()
+        if step == self.warmup + PROFILE_STEPS:
+            self._profile_stop()
+        if step == self.warmup + self.steps:
+            self.t1 = self._now()
+
+    # LIT_QSUM_SPEED_PROFILE=DIR: torch.profiler over the first PROFILE_STEPS timed steps (those runs' speed
+    # figures include the profiler's overhead: use them for where time goes, not for the results table)
+    def _profile_start(self) -> None:
+        self.profiler = None
+        if os.environ.get("LIT_QSUM_SPEED_PROFILE"):
+            from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+
+    def _profile_stop(self) -> None:
+        if getattr(self, "profiler", None) is None:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.profiler.__exit__(None, None, None)
+        events = self.profiler.key_averages()
+        out = Path(os.environ["LIT_QSUM_SPEED_PROFILE"])
+        out.mkdir(parents=True, exist_ok=True)
+        label = os.environ.get("LIT_QSUM_SPEED_PROFILE_LABEL", "run")
+        sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
+        text = [f"{PROFILE_STEPS} steps; {sum(e.count for e in events if e.key.startswith('cuda') and 'Launch' in e.key)} "
+                "kernel launches", events.table(sort_by=sort, row_limit=40), events.table(sort_by="self_cpu_time_total", row_limit=40)]
+        (out / f"profile-{label}.txt").write_text("\n".join(text))
+        self.profiler = None
+
+    def result(self) -> dict[str, Any]:
+        if self.t0 is None or self.t1 is None or self.tokens is None:
+            raise RuntimeError(f"the timed window did not complete (start {self.t0}, end {self.t1})")
+        seconds, tokens = self.t1 - self.t0, int(self.tokens)
+        return {"tokens_per_s": tokens / seconds, "step_time_s": seconds / self.steps, "timed_tokens": tokens,
+                "non_pad_share": tokens / self.padded, "first_step_s": self.first_step_s}
+
+
+def run_worker(spec_path: Path) -> None:
+    spec = json.loads(spec_path.read_text())
+    record = empty_record(spec)
+    os.environ.setdefault("LIT_QSUM_SPEED_PROFILE_LABEL", f"{spec['shape']}-{spec['tool']}-{spec['variant']['name']}")
+    try:
+        cuda = not spec["smoke"]
+        record["gpu"] = torch.cuda.get_device_name() if cuda else "cpu"
+        record["versions"] = library_versions()
+        samples = torch.load(spec["data_path"], weights_only=True)
+        features = [{**s, "index": i} for i, s in enumerate(samples)]
+        check = Seq2SeqCollator(spec["pad_token_id"], 8)(features[:LOSS_CHECK_SAMPLES])
+        check = {k: check[k] for k in ("input_ids", "attention_mask", "labels")}
+        window = StepWindow(spec["warmup"], spec["steps"], cuda)
+        train = train_hf if spec["tool"] == "hf" else train_lit_qsum
+        eval_loss = train(spec, features, check, window)
+        record.update(window.result(), loss_check={"eval_loss": eval_loss, "rel_diff_vs_hf": None})
+        if cuda:
+            record["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated())
+            record["peak_reserved_gib"] = gib(torch.cuda.max_memory_reserved())
+        peak = next((flops for name, flops in PEAK_FLOPS.items() if name in record["gpu"]), None)
+        record["mfu"] = record["tokens_per_s"] * 6 * spec["num_params"] / peak if peak else None
+    except BaseException as err:
+        record["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise
+    finally:
+        Path(spec["result_path"]).write_text(json.dumps(record))
+
+
+def eval_loss_of(
+    model: torch.nn.Module, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    batch: dict[str, torch.Tensor], device: torch.device, autocast: bool,
+) -> float:
+    """Dropout-off loss of ``batch`` under bf16 autocast where training uses it; leaves ``model`` in train mode."""
+    from bitsandbytes.nn import Linear4bit  # noqa: PLC0415
+
+    model.eval()
+    # On CPUs with AVX512-BF16, bitsandbytes repacks a Linear4bit's weight for inference on its first
+    # eval-mode no-grad call, for good: later training calls then run that inference kernel (bf16, no
+    # input gradient; layers with a bias fail). Those layers have no dropout, so train mode changes nothing else.
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.train()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = loss_fn({k: v.to(device) for k, v in batch.items()})
+    model.train()
+    return float(loss)
+
+
+class HfStepTimer(TrainerCallback):
+    """Feeds the Trainer's optimizer steps to a ``StepWindow``."""
+
+    def __init__(self, window: StepWindow) -> None:
+        self.window = window
+
+    @override
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.window.train_start()
+
+    @override
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.window.step_end(state.global_step)
+
+
+class TokenCountingSeq2SeqTrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` that counts the non-pad tokens of the timed window's batches."""
+
+    def __init__(self, *args: Any, window: StepWindow, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.window = window
+
+    @override
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        if self.state.global_step >= self.window.warmup:  # this batch is step global_step + 1
+            self.window.add(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def train_hf(
+    spec: dict[str, Any], features: list[dict], check: dict[str, torch.Tensor], window: StepWindow
+) -> float:
+    """The standard Hugging Face QLoRA recipe; returns the pre-training eval loss of ``check``."""
+    import transformers  # noqa: PLC0415
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415
+
+    from lit_qsum.backends.lora_targets import default_target_modules  # noqa: PLC0415
+
+    smoke = spec["smoke"]
+    dtype = torch.float32 if smoke else torch.bfloat16
+    transformers.set_seed(spec["seed"])
+    quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    placement = {} if smoke else {"device_map": {"": 0}}
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(spec["model_path"], quantization_config=quant,
+                                                               dtype=dtype, **placement)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec["model_path"])
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    lora = LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], bias="none",
+                      target_modules=default_target_modules(model.config.model_type, model),
+                      task_type=TaskType.SEQ_2_SEQ_LM)
+    model = get_peft_model(model, lora)
+    device = torch.device("cpu" if smoke else "cuda:0")
+    eval_loss = eval_loss_of(model, lambda batch: model(**batch).loss, check, device, autocast=not smoke)
+    if not smoke:
+        torch.cuda.reset_peak_memory_stats()
+
+    args = dict(output_dir=spec["result_path"] + ".trainer", per_device_train_batch_size=spec["micro_batch"],
+                bf16=not smoke, use_cpu=smoke, optim="adamw_torch" if smoke else "paged_adamw_8bit",
+                learning_rate=LEARNING_RATE, max_steps=spec["warmup"] + spec["steps"], logging_steps=10**6,
+                save_strategy="no", report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
+                seed=spec["seed"], disable_tqdm=True)
+    # transformers 5 replaced group_by_length by train_sampling_strategy and renamed gradient_checkpointing
+    # (a deprecated alias now); pass whichever this version has
+    fields = {f.name for f in dataclasses.fields(transformers.Seq2SeqTrainingArguments)}
+    args.update({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
+                else {"group_by_length": True})
+    args.update({"activation_checkpointing": True} if "activation_checkpointing" in fields
+                else {"gradient_checkpointing": True})
+    dataset = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
+               for f in features]  # lengths for grouping are read from input_ids (tokenizer.model_input_names[0])
+    trainer = TokenCountingSeq2SeqTrainer(
+        model=model, args=transformers.Seq2SeqTrainingArguments(**args), train_dataset=dataset,
+        data_collator=transformers.DataCollatorForSeq2Seq(tokenizer, model, label_pad_token_id=IGNORE_INDEX,
+                                                          pad_to_multiple_of=8),
+        processing_class=tokenizer, callbacks=[HfStepTimer(window)], window=window,
+    )
+    trainer.train()
+    return eval_loss
+
+
+class LitStepTimer(Callback):
+    """Loss check and peak reset once the model is built, then feeds optimizer steps to a ``StepWindow``.
+
+    One loader batch is one optimizer step here (``accumulate_grad_batches`` 1), so steps are counted
+    by batch: a step the module skips for a non-finite loss still counts as time spent.
+    """
+
+    def __init__(self, window: StepWindow, check: dict[str, torch.Tensor], autocast: bool) -> None:
+        self.window, self.check, self.autocast = window, check, autocast
+        self.eval_loss: float | None = None
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.eval_loss = eval_loss_of(pl_module.model, pl_module._loss, self.check, pl_module.device, self.autocast)
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.window.train_start()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 > self.window.warmup:
+            self.window.add(batch)
+        self.window.step_end(batch_idx + 1)
+
+
+def train_lit_qsum(
+    spec: dict[str, Any], features: list[dict], check: dict[str, torch.Tensor], window: StepWindow
+) -> float:
+    """lit-qsum's QLoRA path with the variant's settings; returns the pre-training eval loss of ``check``."""
+    from lit_qsum.data.features import feature_length  # noqa: PLC0415
+    from lit_qsum.data.length_grouped_sampler import LengthGroupedBatchSampler  # noqa: PLC0415
+    from lit_qsum.module import SummarizationModule  # noqa: PLC0415
+
+    smoke, variant = spec["smoke"], spec["variant"]
+    L.seed_everything(spec["seed"], verbose=False)
+    module = SummarizationModule(
+        model_name_or_path=spec["model_path"], tokenizer=spec["model_path"], backend="qlora", init_seed=spec["seed"],
+        optimizer=functools.partial(torch.optim.AdamW, lr=LEARNING_RATE, weight_decay=0.0),
+        **lit_module_kwargs(variant["name"], variant["module"]),
+    )
+    data = {**DATA_DEFAULTS, **variant["data"]}
+    sampler = LengthGroupedBatchSampler([feature_length(f) for f in features], spec["micro_batch"], seed=spec["seed"])
+    loader = DataLoader(features, batch_sampler=sampler,  # type: ignore[arg-type]  # a list is a map-style dataset
+                        collate_fn=Seq2SeqCollator(spec["pad_token_id"], data["pad_to_multiple_of"]), num_workers=0)
+    timer = LitStepTimer(window, check, autocast=not smoke)
+    trainer = L.Trainer(
+        accelerator="cpu" if smoke else "gpu", devices=1, precision="32-true" if smoke else "bf16-mixed",
+        max_steps=spec["warmup"] + spec["steps"], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False,
+        callbacks=[timer], default_root_dir=spec["result_path"] + ".trainer",
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    assert timer.eval_loss is not None
+    return timer.eval_loss
+
+
+def lit_module_kwargs(variant: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """SummarizationModule kwargs: the harness's LoRA and checkpointing settings, then the variant's.
+
+    A dict given for a parameter annotated with a dataclass (``lora: LoraSettings | None``, any later
+    settings group) becomes that dataclass, on top of the harness's value where it sets one, so new
+    settings need no change here.
+    """
+    from lit_qsum.module import SummarizationModule  # noqa: PLC0415
+    from lit_qsum.settings import LoraSettings  # noqa: PLC0415
+
+    hints = typing.get_type_hints(SummarizationModule.__init__)
+    params = set(inspect.signature(SummarizationModule.__init__).parameters) - {"self"}
+    kwargs: dict[str, Any] = {"lora": LoraSettings(**LORA), "gradient_checkpointing": True}
+    for key, value in overrides.items():
+        if key in HARNESS_OWNED:
+            raise ValueError(f"--lit-variant {variant}: module.{key} is set by the harness")
+        if key not in params:
+            raise ValueError(f"--lit-variant {variant}: SummarizationModule has no argument {key!r}; "
+                             f"known: {', '.join(sorted(params - HARNESS_OWNED))}")
+        settings = _dataclass_in(hints.get(key))
+        if settings is not None and isinstance(value, dict):
+            names = {f.name for f in dataclasses.fields(settings)}
+            if unknown := set(value) - names:
+                raise ValueError(f"--lit-variant {variant}: module.{key} has no field(s) {sorted(unknown)}; "
+                                 f"{settings.__name__} fields: {', '.join(sorted(names))}")
+            base = kwargs.get(key)
+            value = dataclasses.replace(base, **value) if isinstance(base, settings) else settings(**value)
+        kwargs[key] = value
+    return kwargs
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass in ``X``, ``X | None`` or ``Optional[X]``, else None."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return next((o for o in options if isinstance(o, type) and dataclasses.is_dataclass(o)), None)
+
+
+def library_versions() -> dict[str, str]:
+    import bitsandbytes  # noqa: PLC0415
+    import peft  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "bitsandbytes": bitsandbytes.__version__, "lightning": L.__version__}
+
+
+def gib(n: float) -> float:
+    return round(n / 2**30, 3)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+if __name__ == "__main__":
+    main()
