@@ -107,8 +107,22 @@ def load_model(
         if decision.backend == "qlora" and spec.quantization.load_in_4bit:
             quantize = hf.bnb_config(spec.quantization, compute_dtype)
         model = hf.load_base_model(path, config, quantize=quantize, dtype=compute_dtype, device=device)
+        if quantize is not None and device.type == "cpu":
+            keep_trainable_cpu_layout(model)
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the same init_seed gives the same LoRA init
             torch.manual_seed(spec.init_seed)
             model = apply_lora(model, spec.lora, task, spec.gradient_checkpointing)
     return LoadedModel(model, tokenizer, task, config.model_type, decision, compute_dtype, facts)
+
+
+def keep_trainable_cpu_layout(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 permanently repacks a ``Linear4bit`` weight on its first
+    eval-mode, no-grad forward (validation) into a layout whose kernel has no backward: training after
+    the first validation would then get no input gradients through that layer.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

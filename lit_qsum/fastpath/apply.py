@@ -20,7 +20,9 @@ def apply_speedups(
         fused, skipped = fuse_lora_layers(model, keep_weight=gradient_checkpointing, dequant=speed.dequant)
         left = ", ".join(f"{n} ({why})" for why, n in skipped.items())
         report.append(f"fast path: {fused} LoRA layers fused" + (f"; left to peft: {left}" if left else ""))
-    if speed.compile:
+    if speed.compile and device.type != "cuda":
+        report.append("fast path: speed.compile skipped: it pays on CUDA GPUs only (a CPU compile takes minutes)")
+    elif speed.compile:
         if speed.fused_lora:
             make_traceable(model)
         blocks = compile_blocks(model)

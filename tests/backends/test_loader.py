@@ -138,3 +138,23 @@ def test_init_seed_fixes_the_lora_init() -> None:
 
     assert torch.equal(lora_a(3), lora_a(3))
     assert not torch.equal(lora_a(3), lora_a(4))
+
+
+def test_cpu_qlora_keeps_the_trainable_4bit_layout_through_eval() -> None:
+    """bitsandbytes would repack weights for CPU inference on an eval forward, breaking later backward passes."""
+    import torch
+    from bitsandbytes.nn import Linear4bit
+
+    from lit_qsum.backends.loader import ModelSpec, load_model
+
+    spec = ModelSpec(model_config={"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4,
+                                   "num_layers": 1, "num_decoder_layers": 1},
+                     tokenizer="lit_qsum:demo", backend="qlora")
+    model = load_model(spec, device=torch.device("cpu")).model
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    ids = torch.randint(5, 100, (2, 8))
+    model.eval()
+    with torch.inference_mode():
+        model(input_ids=ids, labels=ids)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
