@@ -32,18 +32,32 @@ def dequantize_4bit(packed: torch.Tensor, state: Any, dtype: torch.dtype) -> tor
 
 def dequantize_4bit_torch(packed: torch.Tensor, state: Any, dtype: torch.dtype) -> torch.Tensor:
     """The same values as ``dequantize_4bit``, from plain torch ops."""
+    inner = state.state2 if state.nested else None
+    return dequantize_packed(
+        packed, state.code, state.absmax, state.blocksize, tuple(state.shape), dtype,
+        nested=None if inner is None else (inner.code, inner.absmax, inner.blocksize, state.offset),
+    )
+
+
+def dequantize_packed(
+    packed: torch.Tensor,
+    code: torch.Tensor,
+    absmax: torch.Tensor,
+    blocksize: int,
+    shape: tuple[int, int],
+    dtype: torch.dtype,
+    nested: tuple[torch.Tensor, torch.Tensor, int, Any] | None = None,
+) -> torch.Tensor:
+    """Plain-torch dequantization from the constants themselves; ``nested``: (code2, absmax2, blocksize2, offset)."""
     flat = packed.reshape(-1)
     if flat.dtype != torch.uint8:  # bnb_4bit_quant_storage other than uint8 (FSDP): reinterpret the bytes
         flat = flat.view(torch.uint8)
     codes = torch.stack((flat >> 4, flat & 0xF), dim=-1).reshape(-1).long()
-    absmax = state.absmax
-    if state.nested:
-        inner = state.state2
-        scale = inner.absmax.repeat_interleave(inner.blocksize)[: absmax.numel()]
-        absmax = inner.code[absmax.long()] * scale + state.offset
-    numel = state.shape[0] * state.shape[1]
-    covered = absmax.numel() * state.blocksize
+    if nested is not None:
+        code2, absmax2, blocksize2, offset = nested
+        absmax = code2[absmax.long()] * absmax2.repeat_interleave(blocksize2)[: absmax.numel()] + offset
+    covered = absmax.numel() * blocksize
     if codes.numel() < covered:  # a last, partial block
         codes = torch.nn.functional.pad(codes, (0, covered - codes.numel()))
-    values = state.code[codes[:covered]].view(-1, state.blocksize) * absmax.float()[:, None]
-    return values.reshape(-1)[:numel].view(state.shape).to(dtype)
+    values = code[codes[:covered]].view(-1, blocksize) * absmax.float()[:, None]
+    return values.reshape(-1)[: shape[0] * shape[1]].view(shape).to(dtype)

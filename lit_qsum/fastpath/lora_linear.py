@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lit_qsum.fastpath.dequant import dequantize_4bit, dequantize_4bit_torch, quant_state_of
+from lit_qsum.fastpath.dequant import dequantize_4bit, dequantize_4bit_torch, dequantize_packed, quant_state_of
 
 Dequantize = Callable[[torch.Tensor, Any, torch.dtype], torch.Tensor]
 
@@ -238,20 +238,9 @@ class QuantTensors(torch.nn.Module):
             self.register_buffer("offset", torch.as_tensor(state.offset, dtype=torch.float32, device=state.absmax.device).reshape(1), persistent=False)
 
     def dequantize(self, packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        flat = packed.reshape(-1)
-        if flat.dtype != torch.uint8:
-            flat = flat.view(torch.uint8)
-        codes = torch.stack((flat >> 4, flat & 0xF), dim=-1).reshape(-1).long()
-        absmax = self.absmax
-        if self.nested:
-            scale = self.absmax2.repeat_interleave(self.blocksize2)[: absmax.numel()]
-            absmax = self.code2[absmax.long()] * scale + self.offset
-        covered = absmax.numel() * self.blocksize
-        if codes.numel() < covered:
-            codes = torch.nn.functional.pad(codes, (0, covered - codes.numel()))
-        values = self.code[codes[:covered]].view(-1, self.blocksize) * absmax.float()[:, None]
-        numel = self.out_features * self.in_features
-        return values.reshape(-1)[:numel].view(self.out_features, self.in_features).to(dtype)
+        nested = (self.code2, self.absmax2, self.blocksize2, self.offset) if self.nested else None
+        shape = (self.out_features, self.in_features)
+        return dequantize_packed(packed, self.code, self.absmax, self.blocksize, shape, dtype, nested)
 
 
 def _traceable_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

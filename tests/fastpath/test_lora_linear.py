@@ -141,3 +141,19 @@ def test_disabled_or_merged_adapters_fall_back_to_peft() -> None:
         with_adapter = model(**batch).loss
     torch.testing.assert_close(fused_base, base)
     assert not torch.allclose(with_adapter, base)
+
+
+@pytest.mark.parametrize(("arch", "backend"), [("t5", "qlora"), ("bart", "qlora"), ("t5", "lora")])
+def test_traceable_layers_give_peft_loss_and_lora_gradients(arch: str, backend: str) -> None:
+    """The plain-ops forward that torch.compile traces (quantization constants as buffers), run eagerly."""
+    from lit_qsum.fastpath.lora_linear import make_traceable
+
+    _, model = _loaded(arch, backend, True, 0.0)
+    batch = _batch(arch, model.config.vocab_size)
+    loss_ref, grads_ref = _loss_and_grads(model, batch, seed=2)
+    fused, _ = fuse_lora_layers(model, keep_weight=True)
+    assert make_traceable(model) == fused
+    loss, grads = _loss_and_grads(model, batch, seed=2)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-6, msg=name)
