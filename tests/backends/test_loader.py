@@ -138,3 +138,25 @@ def test_init_seed_fixes_the_lora_init() -> None:
 
     assert torch.equal(lora_a(3), lora_a(3))
     assert not torch.equal(lora_a(3), lora_a(4))
+
+
+def test_random_init_is_saved_whole_on_a_process_that_is_not_rank_zero(tmp_path, monkeypatch) -> None:
+    # transformers 5's save_pretrained writes no config or weights on a torch.distributed rank other than 0; any DDP
+    # rank may be the one that builds the cached random-init model, and the others then load what it wrote
+    import transformers.distributed.mixin as mixin  # noqa: PLC0415
+
+    from lit_qsum.backends import hf  # noqa: PLC0415
+    from lit_qsum.data.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+    tokenizer = load_tokenizer("lit_qsum:demo")
+    config = hf.config_from_dict(TINY["t5"], tokenizer)
+    path = hf.materialize_random_init(config, seed=3, tokenizer=tokenizer)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in path.iterdir()}
+    model = hf.load_base_model(str(path), config, quantize=None, dtype=torch.float32, device=torch.device("cpu"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        reference = type(model)(config)
+    for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(value, expected), name
