@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any, Literal, TypeVar
 
 import lightning.pytorch as L
@@ -193,7 +192,7 @@ class SummarizationModule(L.LightningModule):
         self.loaded: LoadedModel | None = None
         self.run_facts: dict[str, Any] = {}
         self._trainable_params: list[torch.nn.Parameter] | None = None
-        self._grad_sync: ExitStack | None = None
+        self._syncs_per_step = False  # set at train start: under DDP the module averages gradients itself
         self._val_examples: list[tuple[str, str, str]] = []
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
@@ -291,7 +290,7 @@ class SummarizationModule(L.LightningModule):
     @property
     def syncs_gradients_per_step(self) -> bool:
         """True under DDP: gradients are averaged once per optimizer step, so forward/backward run no collective."""
-        return self._grad_sync is not None
+        return self._syncs_per_step
 
     @property
     def sharded(self) -> bool:
@@ -333,7 +332,8 @@ class SummarizationModule(L.LightningModule):
         snapshot = self._grad_snapshot() if handler is not None and self._has_grads() else None
         try:
             loss = self._loss(batch)
-            self.manual_backward(loss * weight)
+            with grad_sync.local_backward(self.trainer.strategy.model):
+                self.manual_backward(loss * weight)
         except torch.cuda.OutOfMemoryError as err:
             if handler is None:
                 raise
@@ -481,9 +481,10 @@ class SummarizationModule(L.LightningModule):
         self._log_rouge("test", self.test_rouge)
 
     def _log_rouge(self, prefix: str, rouge: SummaryRouge) -> None:
-        scores = rouge.compute()
+        scores = rouge.compute()  # synced over ranks: every example once, padding batches never counted
         for name, value in scores.items():
             self.log(f"{prefix}/{name}", value, prog_bar=name == "rougeL", sync_dist=False)
+        self.log(f"{prefix}/num_examples", rouge.num_examples.clone().float(), reduce_fx="sum", sync_dist=True)
         rouge.reset()
 
     def _log_examples(self) -> None:
@@ -613,8 +614,8 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def on_train_start(self) -> None:
-        # DDP: gradients are averaged once per optimizer step from here on (see lit_qsum.distributed.grad_sync)
-        self._grad_sync = grad_sync.take_over_grad_sync(self.trainer.strategy.model)
+        # DDP: gradients are averaged once per optimizer step, not in backward (see lit_qsum.distributed.grad_sync)
+        self._syncs_per_step = grad_sync.syncs_per_step(self.trainer.strategy.model)
         # configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
         # OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run
         if self.scheduler_factory is None:
@@ -622,12 +623,6 @@ class SummarizationModule(L.LightningModule):
             scheduler = self.lr_schedulers()  # the LR in force came from the old length (same value if unchanged)
             for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
                 group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
-
-    @override
-    def on_train_end(self) -> None:
-        if self._grad_sync is not None:
-            self._grad_sync.close()
-            self._grad_sync = None
 
     @override
     def on_fit_end(self) -> None:

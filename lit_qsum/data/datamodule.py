@@ -34,6 +34,7 @@ from lit_qsum.data.formats import ColumnMap, Record, load_records
 from lit_qsum.data.length_grouped_sampler import (
     LengthGroupedBatchSampler,
     LongestBatchSampler,
+    PaddingAwareDataset,
     SortedEvalBatchSampler,
 )
 from lit_qsum.data.synthetic import bundled_path
@@ -230,8 +231,9 @@ class SummarizationDataModule(LightningDataModule):
     def _loader(self, split: SplitName, batch_sampler: Sampler[list[int]]) -> DataLoader:
         data = self._split(split)
         collate = Seq2SeqCollator if self.task == "seq2seq" else CausalCollator
+        dataset = data.features if split == "train" else PaddingAwareDataset(data.features)
         return DataLoader(
-            data.features,  # type: ignore[arg-type]  # a list is a map-style dataset
+            dataset,  # type: ignore[arg-type]  # a list is a map-style dataset
             batch_sampler=batch_sampler,
             collate_fn=WithRecordFields(collate(self.tokenizer.pad_token_id, self.pad_to_multiple_of), data.records),
             num_workers=self.num_workers,

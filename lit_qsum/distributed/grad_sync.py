@@ -5,9 +5,9 @@ runs out of memory and retries its batch in halves runs more backward passes tha
 waiting in the all-reduce, and the job hangs. So the module takes gradient sync over from DDP (LoRA gradients are
 a few tens of MB, one all-reduce per optimizer step costs well under a millisecond on NVLink):
 
-- ``take_over_grad_sync`` puts the DDP wrapper in ``no_sync`` mode for the whole fit (DDP's documented switch for
-  gradient accumulation, here never switched back during training); with ``broadcast_buffers=False`` on the
-  strategy, DDP's forward then runs no collective either;
+- ``local_backward`` runs each backward under DDP's ``no_sync`` (DDP's documented switch for gradient
+  accumulation; Lightning's manual optimization would otherwise prepare DDP's reducer before every
+  ``manual_backward``); with ``broadcast_buffers=False`` on the strategy, DDP's forward runs no collective either;
 - ``all_reduce_grads`` averages the trainable gradients over ranks in one flat buffer per dtype, before clipping
   and the optimizer step; ranks then hold identical gradients and stay identical replicas, as with DDP's own sync;
 - ``agree`` all-reduces (max) a few per-step numbers every rank must share (a non-finite loss anywhere skips the
@@ -19,20 +19,21 @@ of every reduce, an extra host-blocking collective on each optimizer step.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 
-def take_over_grad_sync(model: torch.nn.Module | None) -> ExitStack | None:
-    """If ``model`` is a DDP wrapper, stop its in-backward gradient sync until the returned stack is closed."""
-    if not isinstance(model, DistributedDataParallel):
-        return None
-    stack = ExitStack()
-    stack.enter_context(model.no_sync())
-    return stack
+def syncs_per_step(model: torch.nn.Module | None) -> bool:
+    """Whether ``model`` (the strategy's model) is a DDP wrapper whose gradient sync this module does instead."""
+    return isinstance(model, DistributedDataParallel)
+
+
+def local_backward(model: torch.nn.Module | None) -> AbstractContextManager:
+    """Context for one backward: no DDP gradient sync in it (a no-op for anything but a DDP wrapper)."""
+    return model.no_sync() if isinstance(model, DistributedDataParallel) else nullcontext()
 
 
 def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
