@@ -289,12 +289,12 @@ class SummarizationModule(L.LightningModule):
 
     @property
     def syncs_gradients_per_step(self) -> bool:
-        """True under DDP: gradients are averaged once per optimizer step, so forward/backward run no collective."""
+        """True under DDP and FSDP: the adapter's gradients are averaged once per optimizer step, here."""
         return self._syncs_per_step
 
     @property
     def sharded(self) -> bool:
-        """True under FSDP (``QLoraFSDPStrategy``): forward and backward all-gather parameters across ranks."""
+        """True under FSDP (``QLoraFSDPStrategy``): forward and backward all-gather the frozen base across ranks."""
         return fsdp.is_sharded(self.model)
 
     def _backward_batch(self, batch: dict[str, Any]) -> list[torch.Tensor]:
@@ -390,7 +390,8 @@ class SummarizationModule(L.LightningModule):
             if self.syncs_gradients_per_step:
                 grad_sync.all_reduce_grads(self._trainable())
             if self.gradient_clip_val and self.sharded:
-                fsdp.clip_grad_norm(self.model, self.gradient_clip_val)
+                # whole, identical gradients on every rank, which Lightning's FSDP precision plugin won't clip by norm
+                torch.nn.utils.clip_grad_norm_(self._trainable(), self.gradient_clip_val)
             elif self.gradient_clip_val:
                 self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
             optimizer.step()
@@ -614,8 +615,9 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def on_train_start(self) -> None:
-        # DDP: gradients are averaged once per optimizer step, not in backward (see lit_qsum.distributed.grad_sync)
-        self._syncs_per_step = grad_sync.syncs_per_step(self.trainer.strategy.model)
+        # DDP, and FSDP for the adapter it leaves whole: gradients are averaged once per optimizer step, not in
+        # backward (see lit_qsum.distributed.grad_sync)
+        self._syncs_per_step = grad_sync.syncs_per_step(self.trainer.strategy.model) or self.sharded
         # configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
         # OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run
         if self.scheduler_factory is None:
@@ -667,10 +669,7 @@ class SummarizationModule(L.LightningModule):
 
     # ---- checkpointing: adapters and training state only ----------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights training changes (LoRA, or all of them for full fine-tuning), keyed as in ``state_dict``.
-
-        Under FSDP the full tensors are gathered from every rank's shard (a collective: all ranks call it).
-        """
+        """The weights training changes (LoRA, or all of them for full fine-tuning), keyed as in ``state_dict``."""
         return {f"model.{n}": t for n, t in fsdp.trainable_state(self.model).items()}
 
     @override
@@ -699,7 +698,7 @@ class SummarizationModule(L.LightningModule):
         if peft_config:
             from peft import get_peft_model_state_dict  # noqa: PLC0415
 
-            # from the weights already in the checkpoint: under FSDP they were gathered once, for state_dict
+            # the weights already in the checkpoint, by the unwrapped model's names (also under FSDP)
             weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
             adapter = get_peft_model_state_dict(peft_model, state_dict=weights)
             checkpoint["peft_adapter"] = {
@@ -711,7 +710,7 @@ class SummarizationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:
             return
-        missing = {f"model.{n}" for n in fsdp.trainable_names(self.model)} - set(checkpoint.get("state_dict", {}))
+        missing = {f"model.{n}" for n in fsdp.trainable_state(self.model)} - set(checkpoint.get("state_dict", {}))
         if missing:
             raise UserInputError(
                 f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model "

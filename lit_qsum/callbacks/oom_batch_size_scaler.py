@@ -107,7 +107,7 @@ class OOMBatchSizeScaler(Callback):
         pl_module.micro_batches_done = round(pl_module.micro_batches_done * factor)
 
     def _handle_distributed_oom(self, trainer: L.Trainer, pl_module: L.LightningModule, failed_size: int, new: int) -> None:
-        if not getattr(pl_module, "syncs_gradients_per_step", False):
+        if getattr(pl_module, "sharded", False) or not getattr(pl_module, "syncs_gradients_per_step", False):
             datamodule = trainer.datamodule
             unit = pl_module.micro_batch_limit or getattr(datamodule, "batch_size", None) or failed_size
             accumulate = max(1, round(pl_module.accumulate_grad_batches * unit / max(new, 1)))

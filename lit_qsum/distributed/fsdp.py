@@ -1,36 +1,41 @@
-"""FSDP for (Q)LoRA with Lightning: a strategy that shards the model the module trains, and the helpers the module
-needs around a sharded model (gathered adapter weights, generation, gradient clipping).
+"""FSDP for (Q)LoRA with Lightning: shard the frozen (4-bit) base across GPUs, keep the small adapter whole on each.
 
-Why a subclass of Lightning's ``FSDPStrategy`` and not the plain one:
+``QLoraFSDPStrategy`` is Lightning's ``FSDPStrategy`` with three changes, each for a reason:
 
-- Lightning wraps the whole LightningModule and runs ``training_step`` inside the root unit's forward; a backward
-  inside that forward (manual optimization, which OOM recovery needs) breaks FSDP's state machine (Lightning issues
-  #19626 and #19685, open). This strategy wraps the module's Hugging Face model (``pl_module.model``) instead, so
-  ``training_step`` runs outside any FSDP forward and every ``self.model(...)`` is an ordinary FSDP forward and
-  backward. Everything else (process group, mixed precision, optimizer state, checkpoint files) is Lightning's.
+- It shards the module's Hugging Face model (``pl_module.model``), not the LightningModule. Lightning runs
+  ``training_step`` inside the root unit's forward, and a backward inside that forward (manual optimization, which
+  OOM recovery needs) breaks FSDP's state machine (Lightning issues #19626 and #19685, open). Sharding the inner
+  model makes every ``self.model(...)`` an ordinary FSDP forward and backward.
+- The trainable (LoRA) parameters are left out of FSDP (``ignored_states``): only the frozen base, which is where
+  the memory is, gets sharded. The adapter is replicated like under DDP and the module averages its gradients once
+  per optimizer step (``lit_qsum.distributed.grad_sync``), so adapter weights, optimizer state and checkpoints are
+  exactly those of one device or DDP: a checkpoint resumes under any strategy and any number of GPUs. (FSDP's own
+  optimizer-state gathering also returned wrong ``exp_avg`` values for LoRA parameters on torch 2.13 / gloo.)
 - The auto-wrap policy needs the model (``qlora_auto_wrap_policy``): one unit per transformer block, named by the
   model's ``_no_split_modules`` (T5Block, BartEncoderLayer/BartDecoderLayer, LlamaDecoderLayer, ...), and a unit of
-  its own for each leaf that can't share a flat parameter with the frozen 4-bit base: LoRA A/B (trainable, so the
-  frozen base needs no gradient buffers; what peft's ``fsdp_auto_wrap_policy`` does) and frozen weights of another
-  dtype (T5 keeps ``wo`` in float32 beside bfloat16-stored 4-bit weights; FSDP flattens uniform dtypes only).
-- It refuses what would fail late or silently: 4-bit weights stored as uint8 (FSDP shards floating tensors only:
-  ``--model.quantization.bnb_4bit_quant_storage bfloat16``) and a mixed-precision parameter dtype other than that
-  storage dtype (FSDP would cast the packed 4-bit bytes and corrupt them).
+  its own for each leaf whose frozen weights have another dtype than the rest (T5 keeps ``wo`` in float32 beside
+  bfloat16-stored 4-bit weights; FSDP flattens uniform dtypes only). It refuses 4-bit weights stored as uint8 (FSDP
+  shards floating tensors only: ``--model.quantization.bnb_4bit_quant_storage bfloat16``) and a mixed-precision
+  parameter dtype other than that storage dtype (FSDP would cast the packed 4-bit bytes and corrupt them).
 
-Lightning allows its FSDP on CUDA only; this subclass also runs on the CPU with gloo, which the tests use.
+Forward and backward all-gather each block on every rank, so ranks must run the same forwards: generation keeps
+ranks stepping together (``generation_context``), evaluation gives every rank the same number of batches, and a
+CUDA OOM stops the run instead of being recovered in place. Lightning allows its FSDP on CUDA only; this subclass
+also runs on the CPU with gloo, which the tests use.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.optim import Optimizer
 from torchmetrics import Metric
 from typing_extensions import override
 
@@ -40,7 +45,7 @@ _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
 
 class QLoraFSDPStrategy(FSDPStrategy):
-    """Lightning's FSDP, sharding ``pl_module.model`` with ``qlora_auto_wrap_policy`` (see the module docstring)."""
+    """Lightning's FSDP sharding the frozen base of ``pl_module.model``; the adapter stays whole (module docstring)."""
 
     def __init__(self, block_classes: list[str] | None = None, **kwargs: Any) -> None:
         """
@@ -52,7 +57,7 @@ class QLoraFSDPStrategy(FSDPStrategy):
         if kwargs.get("state_dict_type", "full") != "full":
             raise UserInputError(
                 "--trainer.strategy.init_args.state_dict_type must be 'full': lit-qsum checkpoints hold only the "
-                "trainable (LoRA) weights, gathered on every save, not shards of the frozen base"
+                "adapter, which is not sharded"
             )
         if block_classes is not None and not block_classes:
             raise UserInputError("--trainer.strategy.init_args.block_classes must name at least one class, or be null")
@@ -66,7 +71,17 @@ class QLoraFSDPStrategy(FSDPStrategy):
             return super()._setup_model(model)  # not a lit-qsum module: Lightning's own wrapping
         if isinstance(inner, FSDP):
             return model  # already sharded (fit, then validate/predict with the same trainer)
+        trainable = [p for p in inner.parameters() if p.requires_grad]
+        if not trainable or len(trainable) == len(list(inner.parameters())):
+            raise UserInputError(
+                "QLoraFSDPStrategy shards the frozen base of a LoRA/QLoRA model (--model.backend qlora or lora); "
+                "with nothing frozen there is nothing for it to shard"
+            )
         check_fsdp_dtypes(inner, self.mixed_precision_config)
+        # the adapter is not FSDP's: replicated, on the device like under DDP (a 16/32-bit base may still be on the CPU)
+        for module in inner.modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.to(self.root_device)
         kwargs = dict(self.kwargs)
         kwargs.setdefault("auto_wrap_policy", qlora_auto_wrap_policy(inner, self.block_classes))
         model.model = FSDP(
@@ -74,13 +89,38 @@ class QLoraFSDPStrategy(FSDPStrategy):
             cpu_offload=self.cpu_offload,
             mixed_precision=self.mixed_precision_config,
             sharding_strategy=self.sharding_strategy,
-            device_id=self.root_device.index,
+            # Lightning passes the CUDA index; on the CPU (tests) FSDP needs the device itself or it refuses to start
+            device_id=self.root_device.index if self.root_device.type == "cuda" else self.root_device,
+            ignored_states=trainable,
             **kwargs,
         )
         # FSDP moves only what it wraps; the module's metrics (ROUGE sums) must be on the device for their all-reduce
         for metric in (m for m in model.modules() if isinstance(m, Metric)):
             metric.to(self.root_device)
         return model
+
+    # The adapter and its optimizer state are ordinary replicated tensors: save and restore them as Lightning does
+    # for one device or DDP (FSDPStrategy's versions go through FSDP's sharded-state machinery).
+    @property
+    @override
+    def lightning_restore_optimizer(self) -> bool:
+        return True
+
+    @override
+    def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        return Strategy.optimizer_state(self, optimizer)
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        return Strategy.load_checkpoint(self, self.broadcast(checkpoint_path), weights_only=weights_only)
+
+    @override
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        Strategy.load_model_state_dict(self, checkpoint, strict=strict)
+
+    @override
+    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        Strategy.load_optimizer_state_dict(self, checkpoint)
 
 
 def no_split_modules(model: nn.Module) -> set[str]:
@@ -94,7 +134,7 @@ def no_split_modules(model: nn.Module) -> set[str]:
 def qlora_auto_wrap_policy(
     model: nn.Module, block_classes: list[str] | None = None
 ) -> Callable[[nn.Module, bool, int], bool]:
-    """FSDP auto-wrap policy for ``model``: its transformer blocks, plus leaves that can't share the base's unit."""
+    """FSDP auto-wrap policy for ``model``: its transformer blocks, plus frozen leaves of an odd dtype on their own."""
     blocks = set(block_classes) if block_classes else no_split_modules(model)
     present = {type(m).__name__ for m in model.modules()}
     if not blocks & present:
@@ -115,8 +155,7 @@ def qlora_auto_wrap_policy(
             return True
         if next(module.children(), None) is not None:
             return False
-        params = list(module.parameters(recurse=False))
-        return any(p.requires_grad for p in params) or any(p.dtype != base_dtype for p in params)
+        return any(p.dtype != base_dtype for p in module.parameters(recurse=False) if not p.requires_grad)
 
     return policy
 
@@ -152,22 +191,9 @@ def clean_name(name: str) -> str:
     return name
 
 
-def trainable_names(model: nn.Module) -> list[str]:
-    """Names of the trainable parameters, as an unwrapped model names them."""
-    return [clean_name(n) for n, p in model.named_parameters() if p.requires_grad]
-
-
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters by (unwrapped) name; under FSDP gathered from every rank's shard, on the CPU.
-
-    A collective under FSDP: every rank must call it (Lightning does: every rank builds the checkpoint dict).
-    """
-    if not is_sharded(model):
-        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    # The whole model is unsharded for a moment (the 4-bit base at its packed size), one copy per rank on the CPU;
-    # gathering only the LoRA units would need FSDP's private flat-parameter bookkeeping.
-    with FSDP.summon_full_params(model, writeback=False, offload_to_cpu=True):
-        return {clean_name(n): p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable parameters by name, as an unwrapped model names them (whole on every rank, also under FSDP)."""
+    return {clean_name(n): p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
 @contextmanager
@@ -184,8 +210,3 @@ def generation_context(model: nn.Module) -> Iterator[dict[str, Any]]:
         return
     with FSDP.summon_full_params(model, recurse=False, writeback=False):
         yield {"synced_gpus": torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1}
-
-
-def clip_grad_norm(model: nn.Module, max_norm: float) -> None:
-    """Clip the global gradient norm of a sharded model (Lightning's FSDP precision plugin refuses norm clipping)."""
-    model.clip_grad_norm_(max_norm)

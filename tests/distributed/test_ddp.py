@@ -33,11 +33,12 @@ ONE_PROCESS = ["--trainer.devices", "1", "--trainer.strategy", "auto"]
 N_TRAIN, N_EVAL, WORLD = 37, 9, 2
 
 
-def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+def run(cwd: Path, command: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``command`` (fit/predict) through ``run_cli.py`` with the demo + ``ddp_cpu.yaml`` configs, then ``args``."""
     cwd.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                 "FAKE_GENERATE": "1", "WATCHDOG_S": "240", **env}
-    done = subprocess.run([sys.executable, str(HERE / "run_cli.py"), *args, *CONFIG], cwd=cwd, env=full_env,
+    done = subprocess.run([sys.executable, str(HERE / "run_cli.py"), command, *CONFIG, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
