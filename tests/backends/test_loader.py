@@ -160,3 +160,10 @@ def test_random_init_is_saved_whole_on_a_process_that_is_not_rank_zero(tmp_path,
         reference = type(model)(config)
     for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(value, expected), name
+
+
+def test_auto_skips_unsloth_on_several_gpus_and_says_why() -> None:
+    spec = ModelSpec(model_config=TINY["llama"], tokenizer="lit_qsum:demo", backend="auto")
+    loaded = load_model(spec, device=CPU, num_devices=2)  # what the module passes: trainer.world_size
+    assert loaded.decision.backend != "unsloth"
+    assert any("Unsloth runs on one GPU only, this run uses 2 devices" in r for r in loaded.decision.reasons)
