@@ -18,6 +18,14 @@ unchanged. One thing differs: after the shrink, the loss is averaged over each h
 the halves weigh equally, where before the tokens of the whole batch were averaged together; the
 usual gradient-accumulation approximation, exact when halves hold equally many label tokens.
 Exactness needs the micro-batch to halve evenly (even sizes; powers of two stay exact).
+
+Several GPUs (``lit_qsum.distributed``). Under DDP every backward runs under DDP's ``no_sync`` and the
+adapter's gradients are averaged once per optimizer step; under FSDP (``QLoraFSDPStrategy``) only the frozen
+base is sharded and the adapter is synced the same way. So a rank that runs out of memory splits its batch
+alone (DDP) and every rank adopts the smallest micro-batch at the next step; until then each rank counts its
+micro-batches in the shared unit, so all reach the optimizer step at the same loader batch. A NaN/Inf loss is
+counted on the device and read once per step, with the OOM sizes, in one small all-reduce: a step is skipped
+on every rank when any rank saw one.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ Resuming mid-epoch: Lightning counts batches, not samples, so call ``mark_consum
 once per finished training batch (from the LightningModule's or a Callback's ``on_train_batch_end``;
 ``state_dict`` also counts a finished batch whose call has not run yet when a checkpoint is saved).
 ``state_dict`` carries the epoch position into checkpoints and ``load_state_dict`` restores it, so
-the resumed epoch yields exactly the samples not yet trained on, even at another batch size.
+the resumed epoch yields exactly the samples not yet trained on, even at another batch size or number of
+GPUs: the position counts samples of all ranks together, and the rest of the epoch is cut into global
+batches of ``batch_size`` x the new world size (so the effective batch per step follows the GPU count).
 (Lightning still warns that the dataloader "is not resumable": it only knows about loaders with
 their own ``state_dict``; the position travels in the datamodule's state instead.)
 
