@@ -6,6 +6,9 @@ SHAPES: dict[str, dict] = {
     # t5-large (v1.1 style, as in the issue): d_model 1024, d_ff 2816, 24+24 layers, 16 heads, gated-gelu
     "t5-large": {"model_type": "t5", "vocab_size": 32128, "d_model": 1024, "d_ff": 2816, "d_kv": 64, "num_heads": 16,
                  "num_layers": 24, "num_decoder_layers": 24, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
+    # t5-xl (v1.1 style, 3B): d_model 2048, d_ff 5120, 24+24 layers, 32 heads, gated-gelu; FSDP's shape
+    "t5-xl": {"model_type": "t5", "vocab_size": 32128, "d_model": 2048, "d_ff": 5120, "d_kv": 64, "num_heads": 32,
+              "num_layers": 24, "num_decoder_layers": 24, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
     # KoBART (gogamza/kobart-base-v2): BART d_model 768, 6+6 layers, 16 heads, ffn 3072, vocab 30000
     "kobart": {"model_type": "bart", "vocab_size": 30000, "d_model": 768, "encoder_layers": 6, "decoder_layers": 6,
                "encoder_attention_heads": 16, "decoder_attention_heads": 16, "encoder_ffn_dim": 3072,

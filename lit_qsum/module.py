@@ -18,6 +18,14 @@ unchanged. One thing differs: after the shrink, the loss is averaged over each h
 the halves weigh equally, where before the tokens of the whole batch were averaged together; the
 usual gradient-accumulation approximation, exact when halves hold equally many label tokens.
 Exactness needs the micro-batch to halve evenly (even sizes; powers of two stay exact).
+
+Several GPUs (``lit_qsum.distributed``). Under DDP every backward runs under DDP's ``no_sync`` and the
+adapter's gradients are averaged once per optimizer step; under FSDP (``QLoraFSDPStrategy``) only the frozen
+base is sharded and the adapter is synced the same way. So a rank that runs out of memory splits its batch
+alone (DDP) and every rank adopts the smallest micro-batch at the next step; until then each rank counts its
+micro-batches in the shared unit, so all reach the optimizer step at the same loader batch. A NaN/Inf loss is
+counted on the device and read once per step, with the OOM sizes, in one small all-reduce: a step is skipped
+on every rank when any rank saw one.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from lit_qsum.backends.choice import BackendRequest
 from lit_qsum.backends.hf import load_config, task_of
 from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
 from lit_qsum import rng_state
+from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
 from lit_qsum.fastpath import apply_speedups, restore_speedups
@@ -141,7 +150,7 @@ class SummarizationModule(L.LightningModule):
             accumulate_grad_batches: Micro-batches per optimizer step (here, not on the Trainer: the module
                 steps the optimizer itself so OOM recovery can split a batch and keep the effective batch).
             gradient_clip_val: Clip the gradient norm to this (None = no clipping).
-            max_consecutive_nonfinite: Stop after this many NaN/Inf losses in a row (each is skipped, not stepped).
+            max_consecutive_nonfinite: Stop after this many optimizer steps in a row skipped for a NaN/Inf loss.
             init_seed: Seed of random-init weights built from ``model_config`` (and of LoRA init).
             max_seq_length: Longest sequence the unsloth backend prepares RoPE caches for.
             num_logged_examples: Validation examples (dialogue, reference, prediction) logged as text each time.
@@ -183,7 +192,10 @@ class SummarizationModule(L.LightningModule):
         self.micro_batch_limit: int | None = None  # set by OOM recovery: the largest chunk that fits
         self.eval_micro_batch_limit: int | None = None  # the same for validation/test/predict batches
         self.micro_batches_done = 0  # since the last optimizer step
-        self.nonfinite_in_a_row = 0
+        # DDP: the micro-batch this rank fell back to after an OOM, adopted by every rank at the next optimizer step
+        self.pending_micro_batch_limit: int | None = None
+        self.nonfinite_in_step: torch.Tensor | None = None  # device-side count of NaN/Inf losses in the open step
+        self.nonfinite_in_a_row = 0  # optimizer steps skipped in a row for a NaN/Inf loss
         self.nonfinite_total = 0
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.val_rouge = SummaryRouge(tokenizer=rouge_tokenizer, multi_ref=rouge_multi_ref)
@@ -192,6 +204,7 @@ class SummarizationModule(L.LightningModule):
         self.loaded: LoadedModel | None = None
         self.run_facts: dict[str, Any] = {}
         self._trainable_params: list[torch.nn.Parameter] | None = None
+        self._syncs_per_step = False  # set at train start: under DDP the module averages gradients itself
         self._val_examples: list[tuple[str, str, str]] = []
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
@@ -283,7 +296,7 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        losses = self._backward_chunks(batch)
+        losses = self._backward_batch(batch)
         self._maybe_optimizer_step()
         if not losses:
             return None
@@ -291,7 +304,27 @@ class SummarizationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
         return loss
 
-    def _backward_chunks(self, batch: dict[str, Any], weight: float | None = None) -> list[torch.Tensor]:
+    @property
+    def syncs_gradients_per_step(self) -> bool:
+        """True under DDP and FSDP: the adapter's gradients are averaged once per optimizer step, here."""
+        return self._syncs_per_step
+
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP (``QLoraFSDPStrategy``): forward and backward all-gather the frozen base across ranks."""
+        return fsdp.is_sharded(self.model)
+
+    def _backward_batch(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """One loader batch: its weight in the step is fixed now, from the sizes all ranks share."""
+        chunks = math.ceil(len(batch["index"]) / self.micro_batch_limit) if self.micro_batch_limit else 1
+        losses = self._backward_chunks(batch, chunks / self.accumulate_grad_batches)
+        if self.syncs_gradients_per_step:
+            # counted in the shared unit, however finely this rank had to split after an OOM, so every rank
+            # reaches the optimizer step at the same loader batch
+            self.micro_batches_done += chunks
+        return losses
+
+    def _backward_chunks(self, batch: dict[str, Any], weight: float) -> list[torch.Tensor]:
         """Forward + backward, in chunks of at most ``micro_batch_limit``; an OOM halves the chunk and retries.
 
         Lightning can't retry a step from a callback (an exception in ``training_step`` leaves the fit
@@ -301,21 +334,22 @@ class SummarizationModule(L.LightningModule):
 
         ``weight``: what this (part of a) loader batch weighs in the optimizer step; fixed when the
         loader batch arrives, so re-splitting after an OOM redistributes it and never changes it.
+        A NaN/Inf loss is backpropagated like any other and only counted on the device; the optimizer
+        step reads the count once and skips the whole step (no host sync per micro-batch).
         """
         size = len(batch["index"])
-        if weight is None:
-            chunks = math.ceil(size / self.micro_batch_limit) if self.micro_batch_limit else 1
-            weight = chunks / self.accumulate_grad_batches
-        if self.micro_batch_limit is not None and size > self.micro_batch_limit:
-            parts = split_batch(batch, self.micro_batch_limit)
+        limit = self._chunk_limit()
+        if limit == 0:
+            return []  # DDP: this rank can't fit even the smallest micro-batch; the step's agreement stops every rank
+        if limit is not None and size > limit:
+            parts = split_batch(batch, limit)
             shares = self._token_shares(batch, parts)
             return [loss for part, share in zip(parts, shares) for loss in self._backward_chunks(part, weight * share)]
         handler = self._oom_handler()
-        snapshot = self._grad_snapshot() if handler is not None and self.micro_batches_done else None
+        snapshot = self._grad_snapshot() if handler is not None and self._has_grads() else None
         try:
             loss = self._loss(batch)
-            finite = bool(torch.isfinite(loss))
-            if finite:
+            with grad_sync.local_backward(self.trainer.strategy.model):
                 self.manual_backward(loss * weight)
         except torch.cuda.OutOfMemoryError as err:
             if handler is None:
@@ -324,20 +358,26 @@ class SummarizationModule(L.LightningModule):
             self._restore_grads(snapshot)
             handler(self.trainer, self, size, err)
         else:
-            self.micro_batches_done += 1
-            if not finite:
-                self._on_nonfinite(loss)
-                return []
-            self.nonfinite_in_a_row = 0
+            if not self.syncs_gradients_per_step:
+                self.micro_batches_done += 1
+            bad = (~torch.isfinite(loss.detach())).to(torch.int32)
+            self.nonfinite_in_step = bad if self.nonfinite_in_step is None else self.nonfinite_in_step + bad
             return [loss.detach()]
         # after an OOM: retried outside the except block, so the failed attempt's traceback no longer pins its tensors
         return self._backward_chunks(batch, weight)
+
+    def _chunk_limit(self) -> int | None:
+        limits = [x for x in (self.micro_batch_limit, self.pending_micro_batch_limit) if x is not None]
+        return min(limits) if limits else None
 
     def _oom_handler(self):
         trainer = self._trainer
         if trainer is None:
             return None
         return next((cb.handle_train_oom for cb in trainer.callbacks if hasattr(cb, "handle_train_oom")), None)
+
+    def _has_grads(self) -> bool:
+        return any(p.grad is not None for p in self._trainable())
 
     def _grad_snapshot(self) -> list[torch.Tensor | None]:
         return [None if p.grad is None else p.grad.clone() for p in self._trainable()]
@@ -352,32 +392,67 @@ class SummarizationModule(L.LightningModule):
             self._trainable_params = [p for p in self.model.parameters() if p.requires_grad]
         return self._trainable_params
 
-    def _on_nonfinite(self, loss: torch.Tensor) -> None:
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_total += 1
-        self.log("train/nonfinite_losses", float(self.nonfinite_total), on_step=True, on_epoch=False)
-        rank_zero_warn(f"step {self.global_step}: loss is {loss.item()}; this micro-batch is skipped")
-        if self.nonfinite_in_a_row >= self.max_consecutive_nonfinite:
-            raise UserInputError(
-                f"{self.nonfinite_in_a_row} non-finite losses in a row (NaN/Inf), stopping. Usual causes: "
-                "--trainer.precision 16-mixed with a T5-family model (use bf16-mixed or 32-true), a learning rate "
-                "too high for this model (lower --model.optimizer.init_args.lr), or no --model.gradient_clip_val."
-            )
-
     def _maybe_optimizer_step(self) -> None:
         last = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if self.micro_batches_done < self.accumulate_grad_batches and not last:
             return
+        self.micro_batches_done = 0
+        nonfinite, smallest = self._agree_on_step()
         optimizer = self.optimizers()
-        if any(p.grad is not None for p in self._trainable()):
-            if self.gradient_clip_val:
+        if nonfinite:
+            optimizer.zero_grad(set_to_none=True)
+            self._on_nonfinite_step(nonfinite)
+        elif self.syncs_gradients_per_step or self.sharded or self._has_grads():
+            self.nonfinite_in_a_row = 0
+            if self.syncs_gradients_per_step:
+                grad_sync.all_reduce_grads(self._trainable())
+            if self.gradient_clip_val and self.sharded:
+                # whole, identical gradients on every rank, which Lightning's FSDP precision plugin won't clip by norm
+                torch.nn.utils.clip_grad_norm_(self._trainable(), self.gradient_clip_val)
+            elif self.gradient_clip_val:
                 self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler = self.lr_schedulers()
             if scheduler is not None:
                 scheduler.step()
-        self.micro_batches_done = 0
+        if smallest is not None:
+            self._adopt_micro_batch(smallest)
+
+    def _agree_on_step(self) -> tuple[int, int | None]:
+        """(NaN/Inf losses in the step, max over ranks; the smallest micro-batch a rank fell back to, if any).
+
+        One small all-reduce under DDP/FSDP and one host read everywhere, once per optimizer step.
+        """
+        counted = self.nonfinite_in_step if self.nonfinite_in_step is not None else 0
+        self.nonfinite_in_step = None
+        pending = self.pending_micro_batch_limit
+        self.pending_micro_batch_limit = None
+        # the max of minus the limits is minus the smallest limit; -inf where a rank had no OOM
+        nonfinite, neg_limit = grad_sync.agree(
+            [counted, -math.inf if pending is None else -pending], self.trainer.strategy.root_device
+        )
+        return int(nonfinite), (None if math.isinf(neg_limit) else int(-neg_limit))
+
+    def _adopt_micro_batch(self, size: int) -> None:
+        adopt = next((cb.adopt_micro_batch for cb in self.trainer.callbacks if hasattr(cb, "adopt_micro_batch")), None)
+        if adopt is not None:
+            adopt(self.trainer, self, size)
+
+    def _on_nonfinite_step(self, count: int) -> None:
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_total), on_step=True, on_epoch=False)
+        where = " on at least one rank" if self.trainer.world_size > 1 else ""
+        rank_zero_warn(
+            f"step {self.global_step}: {count} micro-batch loss(es) were NaN/Inf{where}; this optimizer step is skipped"
+        )
+        if self.nonfinite_in_a_row >= self.max_consecutive_nonfinite:
+            raise UserInputError(
+                f"{self.nonfinite_in_a_row} optimizer steps in a row had non-finite losses (NaN/Inf), stopping. Usual "
+                "causes: --trainer.precision 16-mixed with a T5-family model (use bf16-mixed or 32-true), a learning "
+                "rate too high for this model (lower --model.optimizer.init_args.lr), or no --model.gradient_clip_val."
+            )
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
@@ -395,6 +470,9 @@ class SummarizationModule(L.LightningModule):
         self._eval_step(batch, batch_idx, "test", self.test_rouge)
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, prefix: str, rouge: SummaryRouge) -> None:
+        if batch.get("is_padding"):
+            self._padding_step(batch)
+            return
         size = len(batch["index"])
         pieces = self._eval_with_oom_retry(batch, lambda chunk: (self._loss(chunk), self.generate(chunk)))
         if len(pieces) == 1:
@@ -421,9 +499,10 @@ class SummarizationModule(L.LightningModule):
         self._log_rouge("test", self.test_rouge)
 
     def _log_rouge(self, prefix: str, rouge: SummaryRouge) -> None:
-        scores = rouge.compute()
+        scores = rouge.compute()  # synced over ranks: every example once, padding batches never counted
         for name, value in scores.items():
             self.log(f"{prefix}/{name}", value, prog_bar=name == "rougeL", sync_dist=False)
+        self.log(f"{prefix}/num_examples", rouge.num_examples.clone().float(), reduce_fx="sum", sync_dist=True)
         rouge.reset()
 
     def _log_examples(self) -> None:
@@ -439,8 +518,19 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, list]:
+        if batch.get("is_padding"):
+            self._padding_step(batch)
+            return {"index": [], "fname": [], "summary": []}
         summaries = [text for _, texts in self._eval_with_oom_retry(batch, self.generate) for text in texts]
         return {"index": batch["index"].tolist(), "fname": list(batch["fname"]), "summary": summaries}
+
+    def _padding_step(self, batch: dict[str, Any]) -> None:
+        """A rank with one evaluation batch fewer than its peers gets a repeated sample instead (see
+        ``SortedEvalBatchSampler``): it scores nothing, but under FSDP it must run the forward and generate passes
+        whose all-gathers the other ranks are waiting in."""
+        if self.sharded:
+            self._loss(batch)
+            self.generate(batch)
 
     def _eval_with_oom_retry(
         self, batch: dict[str, Any], run: Callable[[dict[str, Any]], _Result]
@@ -498,7 +588,8 @@ class SummarizationModule(L.LightningModule):
             input_ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         else:
             input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        output = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        with fsdp.generation_context(self.model) as sharded_kwargs:
+            output = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs, **sharded_kwargs)
         if self.task == "causal":  # prompts are left-padded to one width, so the summary starts after it
             output = output[:, input_ids.shape[1] :]
         return decode_summaries(self.tokenizer, output)
@@ -510,6 +601,7 @@ class SummarizationModule(L.LightningModule):
     # ---- optimization ---------------------------------------------------------------------------
     @override
     def configure_optimizers(self) -> Any:
+        self._trainable_params = None  # a strategy may have wrapped the model since (FSDP's parameter views)
         params = self._trainable()
         if not params:
             raise UserInputError("no trainable parameters: check --model.lora.target_modules and --model.backend")
@@ -540,6 +632,9 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def on_train_start(self) -> None:
+        # DDP, and FSDP for the adapter it leaves whole: gradients are averaged once per optimizer step, not in
+        # backward (see lit_qsum.distributed.grad_sync)
+        self._syncs_per_step = grad_sync.syncs_per_step(self.trainer.strategy.model) or self.sharded
         # configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
         # OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run
         if self.scheduler_factory is None:
@@ -596,7 +691,7 @@ class SummarizationModule(L.LightningModule):
     # ---- checkpointing: adapters and training state only ----------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights training changes (LoRA, or all of them for full fine-tuning), keyed as in ``state_dict``."""
-        return {f"model.{n}": p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        return {f"model.{n}": t for n, t in fsdp.trainable_state(self.model).items()}
 
     @override
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -619,20 +714,24 @@ class SummarizationModule(L.LightningModule):
             "nonfinite_total": self.nonfinite_total,
             "rng": rng_state.capture(),  # same dropout masks after a resume
         }
-        peft_config = getattr(self.model, "peft_config", None)
+        peft_model = self.loaded.model  # unwrapped even where a strategy sharded self.model
+        peft_config = getattr(peft_model, "peft_config", None)
         if peft_config:
             from peft import get_peft_model_state_dict  # noqa: PLC0415
 
+            # the weights already in the checkpoint, by the unwrapped model's names (also under FSDP)
+            weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+            adapter = get_peft_model_state_dict(peft_model, state_dict=weights)
             checkpoint["peft_adapter"] = {
                 "config": peft_config["default"],
-                "state_dict": {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()},
+                "state_dict": {k: v.detach().cpu().contiguous() for k, v in adapter.items()},
             }
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:
             return
-        missing = set(self.trainable_state_dict()) - set(checkpoint.get("state_dict", {}))
+        missing = {f"model.{n}" for n in fsdp.trainable_state(self.model)} - set(checkpoint.get("state_dict", {}))
         if missing:
             raise UserInputError(
                 f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model "

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -88,7 +90,8 @@ def materialize_random_init(config: PretrainedConfig, seed: int, tokenizer: PreT
     """Save a seeded random-init model (and its tokenizer) for ``config`` once, atomically; return its folder.
 
     The tokenizer goes in too, so the folder is a complete checkpoint that any loader (peft, unsloth,
-    plain transformers) can open by path.
+    plain transformers) can open by path. Several processes of one machine (DDP/FSDP ranks) take turns
+    through a lock file: the first builds it, the others find it done.
     """
     key = hashlib.sha256(
         json.dumps(config.to_dict(), sort_keys=True, default=str).encode() + f"|{seed}|{transformers.__version__}".encode()
@@ -96,23 +99,54 @@ def materialize_random_init(config: PretrainedConfig, seed: int, tokenizer: PreT
     target = cache_dir() / "random-init" / f"{config.model_type}-{key}"
     if (target / "config.json").exists():
         return target
-    task = task_of(config)
-    auto = transformers.AutoModelForSeq2SeqLM if task == "seq2seq" else transformers.AutoModelForCausalLM
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = auto.from_config(config)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        tmp.rename(target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():  # another process may have won the race
-            raise
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        if (target / "config.json").exists():  # another process built it while this one waited
+            return target
+        task = task_of(config)
+        auto = transformers.AutoModelForSeq2SeqLM if task == "seq2seq" else transformers.AutoModelForCausalLM
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = auto.from_config(config)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        try:
+            _save_checkpoint(model, tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            tmp.rename(target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "config.json").exists():  # another machine sharing the folder may have won the race
+                raise
     return target
+
+
+def _save_checkpoint(model: transformers.PreTrainedModel, folder: Path) -> None:
+    """What ``save_pretrained`` writes, on any rank: since transformers 5 ``save_pretrained`` silently writes no
+    config or weights on a process whose torch.distributed rank is not 0, and any rank may build the model."""
+    from safetensors.torch import save_model  # noqa: PLC0415
+
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # shared (tied) tensors once
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock between processes of this machine (a no-op where ``fcntl`` is missing: Windows)."""
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve_compute_dtype(name: str, device_type: str) -> torch.dtype:

@@ -25,6 +25,8 @@ _MODULE_COUNTERS = (
     "accumulate_grad_batches",
     "micro_batch_limit",
     "micro_batches_done",
+    "pending_micro_batch_limit",
+    "nonfinite_in_step",
     "nonfinite_in_a_row",
     "nonfinite_total",
 )

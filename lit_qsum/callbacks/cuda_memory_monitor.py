@@ -31,10 +31,11 @@ class CudaMemoryMonitor(Callback):
     Values are written straight to the Trainer's loggers on measurement steps only, at the step Lightning uses for
     ``train/loss`` of the same batch; ``--trainer.log_every_n_steps`` does not apply.
 
-    DDP: every rank measures its own device. Loggers write on rank 0 only, so the ``mem/*`` values are rank 0's,
+    DDP/FSDP: every rank measures its own device. Loggers write on rank 0 only, so the ``mem/*`` values are rank 0's,
     except ``mem/peak_allocated_gib_max_rank``: the largest peak over ranks (one all-reduce of a scalar every N
-    steps), the number that says whether any card is close to OOM. Threshold cleanups and the summary are per rank
-    (the summary is printed by rank 0).
+    steps), the number that says whether any card is close to OOM. Threshold cleanups are per rank. When fit ends,
+    every rank's peak allocated and reserved memory are gathered (``peak_allocated_bytes_per_rank``,
+    ``peak_reserved_bytes_per_rank``) and rank 0's summary lists them, GPU by GPU.
 
     Args:
         every_n_steps: Optimizer steps between measurements (and threshold checks).
@@ -68,6 +69,8 @@ class CudaMemoryMonitor(Callback):
         self.peak_reserved_bytes = 0
         self.peak_host_rss_bytes = 0
         self.cleanups = 0
+        self.peak_allocated_bytes_per_rank: list[int] = []
+        self.peak_reserved_bytes_per_rank: list[int] = []
         self._cuda = False
         self._said_cpu = False
         self._last_step = -1
@@ -163,6 +166,11 @@ class CudaMemoryMonitor(Callback):
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if self.log_host_rss:  # one more sample, so runs shorter than every_n_steps still report a figure
             self.peak_host_rss_bytes = max(self.peak_host_rss_bytes, self._read_host_rss())
+        if self._cuda:
+            mine = torch.tensor([self.peak_allocated_bytes, self.peak_reserved_bytes], device=trainer.strategy.root_device)
+            every = trainer.strategy.all_gather(mine).reshape(-1, 2).tolist()  # one row per rank
+            self.peak_allocated_bytes_per_rank = [int(row[0]) for row in every]
+            self.peak_reserved_bytes_per_rank = [int(row[1]) for row in every]
         rank_zero_info(self._summary(trainer))
 
     def _summary(self, trainer: "L.Trainer") -> str:
@@ -171,6 +179,12 @@ class CudaMemoryMonitor(Callback):
             where = f"step {self.peak_step}" + (" (validation)" if self.peak_in_validation else "")
             rows.append(("peak allocated", f"{self.peak_allocated_bytes / _GIB:.2f} GiB at {where}"))
             rows.append(("peak reserved", f"{self.peak_reserved_bytes / _GIB:.2f} GiB"))
+            if len(self.peak_allocated_bytes_per_rank) > 1:
+                per_rank = zip(self.peak_allocated_bytes_per_rank, self.peak_reserved_bytes_per_rank)
+                rows += [
+                    (f"rank {r} peak", f"{alloc / _GIB:.2f} GiB allocated, {reserved / _GIB:.2f} GiB reserved")
+                    for r, (alloc, reserved) in enumerate(per_rank)
+                ]
             rows.append(("cache cleanups", str(self.cleanups)))
         if self.log_host_rss:
             rss = f"{self.peak_host_rss_bytes / _GIB:.2f} GiB (sampled every {self.every_n_steps} steps and at the end)"

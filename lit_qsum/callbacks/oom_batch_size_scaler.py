@@ -51,13 +51,18 @@ class OOMBatchSizeScaler(Callback):
     module's ``batch_size`` match them and restores the shrunk ``eval_batch_size`` it saved. A
     ``LongestBatchSizeFinder`` runs before it (Lightning runs tuner callbacks first) and replaces resumed sizes.
 
-    DDP: an OOM on one rank cannot be recovered in place. The other ranks are already inside the step's gradient
-    all-reduce (DDP syncs in backward), a rank that splits its batch runs more backward passes than its peers, and no
-    collective can be started safely from inside a failed step, so any in-place recovery would desynchronise or hang
-    the ranks. Under DDP this callback therefore stops the run with a message giving the sizes to restart with (the
-    other ranks end when the launcher tears the job down or the process group times out). What it does share: at fit
-    start the resumed sizes are broadcast from rank 0, and after each evaluation the smallest ``eval_batch_size`` any
-    rank reached is adopted by all (evaluation steps have no collectives, so ranks may split batches independently).
+    DDP: recovered in place too. ``SummarizationModule`` averages gradients itself once per optimizer step under DDP
+    (``lit_qsum.distributed.grad_sync``), so forward and backward run no collective and the rank that ran out of memory
+    can retry its samples in halves alone. Its smaller micro-batch is only pending until the optimizer step, where the
+    ranks all-reduce it with the step's other flags; every rank then adopts the smallest one (``adopt_micro_batch``:
+    the same halving, doubling and loader resize as above, at the same batch on every rank, so the ranks' samplers keep
+    cutting the epoch alike). Until then each rank counts micro-batches in the shared unit, so all reach the optimizer
+    step together; the gradient is that of the unsplit batches, as in a single process. Below ``min_micro_batch`` on
+    any rank, all ranks stop together at that step with the advice. Under FSDP (collectives inside every forward and
+    backward) a training OOM stops the run with the sizes to restart with. At fit start the resumed sizes are
+    broadcast from rank 0, and after each evaluation the smallest ``eval_batch_size`` any rank reached is adopted by
+    all (evaluation steps have no collectives under DDP, so ranks may split batches independently; under FSDP an
+    evaluation OOM stops the run).
 
     Args:
         min_micro_batch: Smallest micro-batch to fall back to; an OOM below it stops the run with advice.
@@ -86,29 +91,59 @@ class OOMBatchSizeScaler(Callback):
         """Called by the module with the size of the chunk that ran out of memory; sets the sizes for the retry."""
         _free_memory(trainer, error)
         new = failed_size // 2
-        datamodule = trainer.datamodule
-        loader_batch = getattr(datamodule, "batch_size", None)
-        unit = pl_module.micro_batch_limit or loader_batch or failed_size  # the size one micro-batch had until now
-        old_accumulate = pl_module.accumulate_grad_batches
-        new_accumulate = max(1, round(old_accumulate * unit / max(new, 1)))
         if trainer.world_size > 1:
-            raise UserInputError(
-                f"CUDA out of memory on rank {trainer.global_rank} with a micro-batch of {failed_size}. Recovering in "
-                "place would put DDP ranks out of step, so OOMBatchSizeScaler recovers only in a single process. "
-                f"Restart with --data.batch_size {max(new, 1)} --model.accumulate_grad_batches {new_accumulate} "
-                "(the same effective batch), measure what fits on one GPU with "
-                "--trainer.callbacks+=callbacks/batch_size_finder.yaml, or use " + _SMALLER_SETUP + "."
-            )
+            self._handle_distributed_oom(trainer, pl_module, failed_size, new)
+            return
         if new < self.min_micro_batch:
             raise UserInputError(
                 f"CUDA out of memory with a micro-batch of {failed_size}, and OOMBatchSizeScaler goes no lower than "
                 f"min_micro_batch={self.min_micro_batch}. To fit, use " + _SMALLER_SETUP + "."
             )
+        datamodule = trainer.datamodule
+        unit = pl_module.micro_batch_limit or getattr(datamodule, "batch_size", None) or failed_size
         factor = unit / new
-        pl_module.micro_batch_limit = new
-        pl_module.accumulate_grad_batches = new_accumulate
+        self._shrink(trainer, pl_module, new, unit, f"CUDA out of memory at a micro-batch of {failed_size}")
         # chunks already accumulated in this step are counted in the new, smaller unit, so they keep their weight
         pl_module.micro_batches_done = round(pl_module.micro_batches_done * factor)
+
+    def _handle_distributed_oom(self, trainer: L.Trainer, pl_module: L.LightningModule, failed_size: int, new: int) -> None:
+        if getattr(pl_module, "sharded", False) or not getattr(pl_module, "syncs_gradients_per_step", False):
+            datamodule = trainer.datamodule
+            unit = pl_module.micro_batch_limit or getattr(datamodule, "batch_size", None) or failed_size
+            accumulate = max(1, round(pl_module.accumulate_grad_batches * unit / max(new, 1)))
+            raise UserInputError(
+                f"CUDA out of memory on rank {trainer.global_rank} with a micro-batch of {failed_size}. Under this "
+                "strategy (FSDP: collectives inside every forward and backward) the ranks can't recover in place. "
+                f"Restart with --data.batch_size {max(new, 1)} --model.accumulate_grad_batches {accumulate} (the same "
+                "effective batch), or use " + _SMALLER_SETUP + "."
+            )
+        # 0 = "can't go lower": the agreement at the optimizer step then stops every rank together (adopt_micro_batch)
+        new = new if new >= self.min_micro_batch else 0
+        pending = pl_module.pending_micro_batch_limit
+        pl_module.pending_micro_batch_limit = new if pending is None else min(pending, new)
+
+    def adopt_micro_batch(self, trainer: L.Trainer, pl_module: L.LightningModule, size: int) -> None:
+        """DDP: called on every rank at an optimizer step with the smallest micro-batch any rank fell back to."""
+        if size < self.min_micro_batch:
+            raise UserInputError(
+                f"CUDA out of memory on a rank at micro-batch {self.min_micro_batch} or less, and OOMBatchSizeScaler goes "
+                f"no lower than min_micro_batch={self.min_micro_batch}. To fit, use " + _SMALLER_SETUP + "."
+            )
+        unit = pl_module.micro_batch_limit or getattr(trainer.datamodule, "batch_size", None) or size
+        if size >= unit:
+            return
+        what = f"CUDA out of memory on a rank (of {trainer.world_size}); it fell back to micro-batches of {size}"
+        self._shrink(trainer, pl_module, size, unit, what)
+
+    def _shrink(self, trainer: L.Trainer, pl_module: L.LightningModule, new: int, unit: int, what: str) -> None:
+        """Micro-batch ``new`` instead of ``unit`` (the size one micro-batch had until now), accumulation scaled to keep
+        the effective batch, loader batches of ``new`` from the next one."""
+        datamodule = trainer.datamodule
+        loader_batch = getattr(datamodule, "batch_size", None)
+        old_accumulate = pl_module.accumulate_grad_batches
+        new_accumulate = max(1, round(old_accumulate * unit / max(new, 1)))
+        pl_module.micro_batch_limit = new
+        pl_module.accumulate_grad_batches = new_accumulate
         if unit % new:
             rank_zero_warn(
                 f"OOMBatchSizeScaler: micro-batches of {unit} are not a whole number of {new}, so the effective batch "
@@ -124,9 +159,9 @@ class OOMBatchSizeScaler(Callback):
         self._mirror(pl_module, datamodule)
         if self.verbose:
             rank_zero_info(
-                f"OOMBatchSizeScaler: CUDA out of memory at a micro-batch of {failed_size} (optimizer step "
-                f"{trainer.global_step}); continuing with micro-batches of {new} x {new_accumulate} accumulated "
-                f"(effective batch {new * new_accumulate}; was {unit} x {old_accumulate})"
+                f"OOMBatchSizeScaler: {what} (optimizer step {trainer.global_step}); continuing with micro-batches of "
+                f"{new} x {new_accumulate} accumulated (effective batch {new * new_accumulate}; was {unit} x "
+                f"{old_accumulate})"
                 + (f"; the loader yields batches of {new} from the next one" if loader_batch is not None else "")
                 + f". Recoveries so far: {self.recoveries}."
             )
@@ -185,6 +220,12 @@ class OOMBatchSizeScaler(Callback):
     ) -> None:
         """Called by the module when evaluating ``failed_size`` samples ran out of memory; it then halves the batch."""
         _free_memory(trainer, error)
+        if trainer.world_size > 1 and getattr(pl_module, "sharded", False):
+            raise UserInputError(
+                f"CUDA out of memory on rank {trainer.global_rank} evaluating {failed_size} samples. Under FSDP the ranks "
+                "can't split evaluation batches independently; restart with a smaller --data.eval_batch_size, or a "
+                "smaller --model.generation.num_beams or --model.generation.max_new_tokens."
+            )
         new = failed_size // 2
         if new < 1:
             raise UserInputError(

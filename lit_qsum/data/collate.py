@@ -119,4 +119,6 @@ class WithRecordFields:
         batch["fname"] = [r.fname for r in records]
         batch["references"] = [list(r.references) for r in records]
         batch["dialogue"] = [r.dialogue for r in records]
+        if any(f.get("is_padding") for f in features):
+            batch["is_padding"] = True  # a rank's filler batch: run, never scored (SortedEvalBatchSampler)
         return batch

@@ -9,7 +9,9 @@ Resuming mid-epoch: Lightning counts batches, not samples, so call ``mark_consum
 once per finished training batch (from the LightningModule's or a Callback's ``on_train_batch_end``;
 ``state_dict`` also counts a finished batch whose call has not run yet when a checkpoint is saved).
 ``state_dict`` carries the epoch position into checkpoints and ``load_state_dict`` restores it, so
-the resumed epoch yields exactly the samples not yet trained on, even at another batch size.
+the resumed epoch yields exactly the samples not yet trained on, even at another batch size or number of
+GPUs: the position counts samples of all ranks together, and the rest of the epoch is cut into global
+batches of ``batch_size`` x the new world size (so the effective batch per step follows the GPU count).
 (Lightning still warns that the dataloader "is not resumable": it only knows about loaders with
 their own ``state_dict``; the position travels in the datamodule's state instead.)
 
@@ -34,6 +36,7 @@ from lit_qsum.data.formats import ColumnMap, Record, load_records
 from lit_qsum.data.length_grouped_sampler import (
     LengthGroupedBatchSampler,
     LongestBatchSampler,
+    PaddingAwareDataset,
     SortedEvalBatchSampler,
 )
 from lit_qsum.data.synthetic import bundled_path
@@ -230,8 +233,9 @@ class SummarizationDataModule(LightningDataModule):
     def _loader(self, split: SplitName, batch_sampler: Sampler[list[int]]) -> DataLoader:
         data = self._split(split)
         collate = Seq2SeqCollator if self.task == "seq2seq" else CausalCollator
+        dataset = data.features if split == "train" else PaddingAwareDataset(data.features)
         return DataLoader(
-            data.features,  # type: ignore[arg-type]  # a list is a map-style dataset
+            dataset,  # type: ignore[arg-type]  # a list is a map-style dataset
             batch_sampler=batch_sampler,
             collate_fn=WithRecordFields(collate(self.tokenizer.pad_token_id, self.pad_to_multiple_of), data.records),
             num_workers=self.num_workers,

@@ -207,9 +207,11 @@ class SortedEvalBatchSampler(Sampler[list[int]]):
     """Evaluation batches sorted by length, longest first; each sample exactly once over all ranks.
 
     Ranks take every ``num_replicas``-th sample of the sorted order, so no sample is duplicated
-    (metrics stay exact) and rank sample counts differ by at most one; batch counts may then differ
-    by one too, so per-step collectives in evaluation steps must tolerate that (epoch-end metric
-    syncs are fine).
+    (metrics stay exact) and rank sample counts differ by at most one. Every rank yields the same
+    number of batches, as FSDP needs (each forward all-gathers parameters on all ranks): a rank that
+    would have one batch fewer gets a padding batch instead, one sample repeated and marked as padding
+    (its index is offset by the dataset size; ``PaddingAwareDataset`` resolves it and sets
+    ``is_padding``), which the module runs but never scores or writes.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
@@ -222,14 +224,32 @@ class SortedEvalBatchSampler(Sampler[list[int]]):
         self.rank = rank
 
     def __iter__(self) -> Iterator[list[int]]:
-        ordered = sorted(range(len(self.lengths)), key=lambda i: -self.lengths[i])[self.rank :: self.num_replicas]
-        for start in range(0, len(ordered), self.batch_size):
-            yield ordered[start : start + self.batch_size]
+        ordered = sorted(range(len(self.lengths)), key=lambda i: -self.lengths[i])
+        mine = ordered[self.rank :: self.num_replicas]
+        for start in range(0, len(mine), self.batch_size):
+            yield mine[start : start + self.batch_size]
+        if len(self) > math.ceil(len(mine) / self.batch_size):
+            yield [len(self.lengths) + ordered[-1]]  # the shortest sample, as padding
 
     def __len__(self) -> int:
-        """Number of batches on this rank."""
-        mine = len(range(self.rank, len(self.lengths), self.num_replicas))
-        return math.ceil(mine / self.batch_size)
+        """Number of batches on every rank (that of rank 0, which holds the most samples)."""
+        most = math.ceil(len(self.lengths) / self.num_replicas)
+        return math.ceil(most / self.batch_size)
+
+
+class PaddingAwareDataset(Sequence[dict[str, Any]]):
+    """A list of features where index ``len + i`` is sample ``i`` marked ``is_padding`` (see ``SortedEvalBatchSampler``)."""
+
+    def __init__(self, features: Sequence[dict[str, Any]]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        if index >= len(self.features):
+            return {**self.features[index - len(self.features)], "is_padding": True}
+        return self.features[index]
 
 
 class LongestBatchSampler(Sampler[list[int]]):

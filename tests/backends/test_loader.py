@@ -158,3 +158,32 @@ def test_cpu_qlora_keeps_the_trainable_4bit_layout_through_eval() -> None:
     with torch.inference_mode():
         model(input_ids=ids, labels=ids)
     assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+
+def test_random_init_is_saved_whole_on_a_process_that_is_not_rank_zero(tmp_path, monkeypatch) -> None:
+    # transformers 5's save_pretrained writes no config or weights on a torch.distributed rank other than 0; any DDP
+    # rank may be the one that builds the cached random-init model, and the others then load what it wrote
+    import transformers.distributed.mixin as mixin  # noqa: PLC0415
+
+    from lit_qsum.backends import hf  # noqa: PLC0415
+    from lit_qsum.data.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+    tokenizer = load_tokenizer("lit_qsum:demo")
+    config = hf.config_from_dict(TINY["t5"], tokenizer)
+    path = hf.materialize_random_init(config, seed=3, tokenizer=tokenizer)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in path.iterdir()}
+    model = hf.load_base_model(str(path), config, quantize=None, dtype=torch.float32, device=torch.device("cpu"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        reference = type(model)(config)
+    for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(value, expected), name
+
+
+def test_auto_skips_unsloth_on_several_gpus_and_says_why() -> None:
+    spec = ModelSpec(model_config=TINY["llama"], tokenizer="lit_qsum:demo", backend="auto")
+    loaded = load_model(spec, device=CPU, num_devices=2)  # what the module passes: trainer.world_size
+    assert loaded.decision.backend != "unsloth"
+    assert any("Unsloth runs on one GPU only, this run uses 2 devices" in r for r in loaded.decision.reasons)

@@ -36,6 +36,7 @@ class Report(L.Callback):
             "total_tokens": throughput.total_tokens,
             "total_samples": throughput.total_samples,
             "peak_allocated_bytes": memory.peak_allocated_bytes,
+            "peak_allocated_bytes_per_rank": memory.peak_allocated_bytes_per_rank,
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 

@@ -40,6 +40,12 @@ def test_throughput_counts_tokens_of_all_ranks(ddp_run: Path):
             assert float(row["perf/samples_per_s"]) * float(row["perf/step_time_s"]) == pytest.approx(4, rel=1e-5)
 
 
+def test_memory_summary_has_every_ranks_peak(ddp_run: Path):
+    for rank in (0, 1):
+        report = json.loads((ddp_run / f"rank{rank}.json").read_text())
+        assert report["peak_allocated_bytes_per_rank"] == [GIB, 2 * GIB]
+
+
 def test_memory_logs_rank_zero_values_and_max_over_ranks(ddp_run: Path):
     rows = [row for row in _rows(ddp_run) if row["mem/peak_allocated_gib"]]
     assert [int(row["step"]) for row in rows] == [4, 9]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from lit_qsum.data.length_grouped_sampler import (
     LengthGroupedBatchSampler,
     LongestBatchSampler,
+    PaddingAwareDataset,
     SortedEvalBatchSampler,
 )
 
@@ -207,17 +208,26 @@ def test_lightning_finds_set_epoch():
     assert sampler.epoch == 4
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_eval_sampler_sorted_and_no_duplicates(world):
-    samplers = [SortedEvalBatchSampler(LENGTHS[:101], 8, world, r) for r in range(world)]
+@pytest.mark.parametrize(("n", "world"), [(101, 1), (101, 2), (101, 3), (17, 2), (9, 4), (3, 4)])
+def test_eval_sampler_sorted_no_duplicates_and_equal_batch_counts(n, world):
+    samplers = [SortedEvalBatchSampler(LENGTHS[:n], 8, world, r) for r in range(world)]
     per_rank = [list(s) for s in samplers]
-    flat = [i for batches in per_rank for b in batches for i in b]
-    assert sorted(flat) == list(range(101))  # every sample once, no padding
-    for batches, sampler in zip(per_rank, samplers):
-        assert len(batches) == len(sampler)
-        rank_order = [LENGTHS[i] for b in batches for i in b]
+    real = [[i for b in batches for i in b if i < n] for batches in per_rank]
+    assert sorted(i for indices in real for i in indices) == list(range(n))  # every sample once
+    for batches, sampler, indices in zip(per_rank, samplers, real):
+        assert len(batches) == len(sampler) == len(per_rank[0])  # the same number of steps on every rank (FSDP)
+        rank_order = [LENGTHS[i] for i in indices]
         assert rank_order == sorted(rank_order, reverse=True)
-    assert max(LENGTHS[:101]) in [LENGTHS[i] for batches in per_rank for i in batches[0]]
+        padding = [b for b in batches if any(i >= n for i in b)]
+        assert all(len(b) == 1 for b in padding) and len(padding) <= 1  # at most one filler batch, of one sample
+    assert max(LENGTHS[:n]) in [LENGTHS[i] for i in per_rank[0][0]]
+
+
+def test_padding_index_resolves_to_a_marked_copy():
+    features = [{"index": i, "input_ids": [i]} for i in range(3)]
+    dataset = PaddingAwareDataset(features)
+    assert len(dataset) == 3 and dataset[1] is features[1]
+    assert dataset[3 + 2] == {"index": 2, "input_ids": [2], "is_padding": True}
 
 
 @pytest.mark.parametrize(

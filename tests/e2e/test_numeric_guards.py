@@ -1,4 +1,6 @@
-"""NaN/Inf losses: skipped (no optimizer step), counted, and a run of them stops with advice."""
+"""NaN/Inf losses: the optimizer step holding one is skipped whole, counted, and a run of them stops with advice.
+
+The check is one device-side count read once per optimizer step, not a host sync per micro-batch."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 from lit_qsum.data.datamodule import SummarizationDataModule
+from lit_qsum.distributed import grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
 
@@ -14,8 +17,9 @@ TINY = {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads":
         "num_decoder_layers": 1, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
 
 
-def fit(monkeypatch: pytest.MonkeyPatch, tmp_path, bad_calls: set[int], steps: int = 6, limit: int = 3):
-    module = SummarizationModule(model_config=TINY, tokenizer="lit_qsum:demo", backend="lora", max_consecutive_nonfinite=limit)
+def fit(monkeypatch: pytest.MonkeyPatch, tmp_path, bad_calls: set[int], steps: int = 6, limit: int = 3, accumulate: int = 1):
+    module = SummarizationModule(model_config=TINY, tokenizer="lit_qsum:demo", backend="lora", max_consecutive_nonfinite=limit,
+                                 accumulate_grad_batches=accumulate)
     data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=64, max_eval_samples=4)
     real_loss, calls = SummarizationModule._loss, {"n": 0}
 
@@ -41,5 +45,22 @@ def test_nan_losses_are_skipped_and_counted(monkeypatch, tmp_path) -> None:
 
 
 def test_a_run_of_nan_losses_stops_with_the_usual_causes(monkeypatch, tmp_path) -> None:
-    with pytest.raises(UserInputError, match="non-finite losses in a row.*bf16-mixed"):
+    with pytest.raises(UserInputError, match="3 optimizer steps in a row had non-finite losses.*bf16-mixed"):
         fit(monkeypatch, tmp_path, bad_calls=set(range(1, 100)))
+
+
+def test_one_nan_micro_batch_skips_its_whole_step_and_is_read_once_per_step(monkeypatch, tmp_path) -> None:
+    reads = {"n": 0}
+    real_agree = grad_sync.agree
+
+    def agree(values, device):
+        reads["n"] += 1
+        return real_agree(values, device)
+
+    monkeypatch.setattr(grad_sync, "agree", agree)
+    # micro-batches 1-2 are step 1, 3-4 step 2 (micro-batch 4 is NaN, so micro-batch 3's gradient is dropped too)
+    module, trainer = fit(monkeypatch, tmp_path, bad_calls={4}, steps=4, accumulate=2)
+    assert module.nonfinite_total == 1 and module.nonfinite_in_a_row == 0
+    assert trainer.global_step == 4
+    assert reads["n"] == 5  # once per optimizer step (4 taken + 1 skipped), not once per micro-batch (10)
+    assert all(torch.isfinite(p).all() for p in module.model.parameters() if p.requires_grad)

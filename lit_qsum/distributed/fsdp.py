@@ -1,0 +1,212 @@
+"""FSDP for (Q)LoRA with Lightning: shard the frozen (4-bit) base across GPUs, keep the small adapter whole on each.
+
+``QLoraFSDPStrategy`` is Lightning's ``FSDPStrategy`` with three changes, each for a reason:
+
+- It shards the module's Hugging Face model (``pl_module.model``), not the LightningModule. Lightning runs
+  ``training_step`` inside the root unit's forward, and a backward inside that forward (manual optimization, which
+  OOM recovery needs) breaks FSDP's state machine (Lightning issues #19626 and #19685, open). Sharding the inner
+  model makes every ``self.model(...)`` an ordinary FSDP forward and backward.
+- The trainable (LoRA) parameters are left out of FSDP (``ignored_states``): only the frozen base, which is where
+  the memory is, gets sharded. The adapter is replicated like under DDP and the module averages its gradients once
+  per optimizer step (``lit_qsum.distributed.grad_sync``), so adapter weights, optimizer state and checkpoints are
+  exactly those of one device or DDP: a checkpoint resumes under any strategy and any number of GPUs. (FSDP's own
+  optimizer-state gathering also returned wrong ``exp_avg`` values for LoRA parameters on torch 2.13 / gloo.)
+- The auto-wrap policy needs the model (``qlora_auto_wrap_policy``): one unit per transformer block, named by the
+  model's ``_no_split_modules`` (T5Block, BartEncoderLayer/BartDecoderLayer, LlamaDecoderLayer, ...), and a unit of
+  its own for each leaf whose frozen weights have another dtype than the rest (T5 keeps ``wo`` in float32 beside
+  bfloat16-stored 4-bit weights; FSDP flattens uniform dtypes only). It refuses 4-bit weights stored as uint8 (FSDP
+  shards floating tensors only: ``--model.quantization.bnb_4bit_quant_storage bfloat16``) and a mixed-precision
+  parameter dtype other than that storage dtype (FSDP would cast the packed 4-bit bytes and corrupt them).
+
+Forward and backward all-gather each block on every rank, so ranks must run the same forwards: generation keeps
+ranks stepping together (``generation_context``), evaluation gives every rank the same number of batches, and a
+CUDA OOM stops the run instead of being recovered in place. Lightning allows its FSDP on CUDA only; this subclass
+also runs on the CPU with gloo, which the tests use.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
+from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.optim import Optimizer
+from torchmetrics import Metric
+from typing_extensions import override
+
+from lit_qsum.errors import UserInputError
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+class QLoraFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP sharding the frozen base of ``pl_module.model``; the adapter stays whole (module docstring)."""
+
+    def __init__(self, block_classes: list[str] | None = None, **kwargs: Any) -> None:
+        """
+        Args:
+            block_classes: Module class names that each become one FSDP unit; None = the model's ``_no_split_modules``.
+            kwargs: Lightning's ``FSDPStrategy`` arguments (``sharding_strategy``, ``cpu_offload``, ``auto_wrap_policy``
+                to replace ours, ...). ``state_dict_type`` must stay ``full``: checkpoints hold the adapter only.
+        """
+        if kwargs.get("state_dict_type", "full") != "full":
+            raise UserInputError(
+                "--trainer.strategy.init_args.state_dict_type must be 'full': lit-qsum checkpoints hold only the "
+                "adapter, which is not sharded"
+            )
+        if block_classes is not None and not block_classes:
+            raise UserInputError("--trainer.strategy.init_args.block_classes must name at least one class, or be null")
+        super().__init__(**kwargs)
+        self.block_classes = block_classes
+
+    @override
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        inner = getattr(model, "model", None)
+        if not isinstance(inner, nn.Module):
+            return super()._setup_model(model)  # not a lit-qsum module: Lightning's own wrapping
+        if isinstance(inner, FSDP):
+            return model  # already sharded (fit, then validate/predict with the same trainer)
+        trainable = [p for p in inner.parameters() if p.requires_grad]
+        if not trainable or len(trainable) == len(list(inner.parameters())):
+            raise UserInputError(
+                "QLoraFSDPStrategy shards the frozen base of a LoRA/QLoRA model (--model.backend qlora or lora); "
+                "with nothing frozen there is nothing for it to shard"
+            )
+        check_fsdp_dtypes(inner, self.mixed_precision_config)
+        # the adapter is not FSDP's: replicated, on the device like under DDP (a 16/32-bit base may still be on the CPU)
+        for module in inner.modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.to(self.root_device)
+        kwargs = dict(self.kwargs)
+        kwargs.setdefault("auto_wrap_policy", qlora_auto_wrap_policy(inner, self.block_classes))
+        model.model = FSDP(
+            inner,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            # Lightning passes the CUDA index; on the CPU (tests) FSDP needs the device itself or it refuses to start
+            device_id=self.root_device.index if self.root_device.type == "cuda" else self.root_device,
+            ignored_states=trainable,
+            **kwargs,
+        )
+        # FSDP moves only what it wraps; the module's metrics (ROUGE sums) must be on the device for their all-reduce
+        for metric in (m for m in model.modules() if isinstance(m, Metric)):
+            metric.to(self.root_device)
+        return model
+
+    # The adapter and its optimizer state are ordinary replicated tensors: save and restore them as Lightning does
+    # for one device or DDP (FSDPStrategy's versions go through FSDP's sharded-state machinery).
+    @property
+    @override
+    def lightning_restore_optimizer(self) -> bool:
+        return True
+
+    @override
+    def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        return Strategy.optimizer_state(self, optimizer)
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        return Strategy.load_checkpoint(self, self.broadcast(checkpoint_path), weights_only=weights_only)
+
+    @override
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        Strategy.load_model_state_dict(self, checkpoint, strict=strict)
+
+    @override
+    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        Strategy.load_optimizer_state_dict(self, checkpoint)
+
+
+def no_split_modules(model: nn.Module) -> set[str]:
+    """Class names of the transformer blocks Hugging Face models in ``model`` declare unsplittable."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def qlora_auto_wrap_policy(
+    model: nn.Module, block_classes: list[str] | None = None
+) -> Callable[[nn.Module, bool, int], bool]:
+    """FSDP auto-wrap policy for ``model``: its transformer blocks, plus frozen leaves of an odd dtype on their own."""
+    blocks = set(block_classes) if block_classes else no_split_modules(model)
+    present = {type(m).__name__ for m in model.modules()}
+    if not blocks & present:
+        raise UserInputError(
+            f"FSDP: found none of the transformer block classes {sorted(blocks) or '(the model lists none)'} in the "
+            "model; set --trainer.strategy.init_args.block_classes to the class name of its layers"
+        )
+    frozen = Counter()
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            frozen[p.dtype] += p.numel()
+    base_dtype = frozen.most_common(1)[0][0] if frozen else None
+
+    def policy(module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+        if recurse:
+            return True  # always look inside; units are chosen on the way back up
+        if type(module).__name__ in blocks:
+            return True
+        if next(module.children(), None) is not None:
+            return False
+        return any(p.dtype != base_dtype for p in module.parameters(recurse=False) if not p.requires_grad)
+
+    return policy
+
+
+def check_fsdp_dtypes(model: nn.Module, mixed_precision: Any) -> None:
+    """Stop before FSDP wraps 4-bit weights it can't shard, or would cast and corrupt."""
+    storage = {p.dtype for p in model.parameters() if type(p).__name__ == "Params4bit"}
+    if not storage:
+        return
+    if any(not dtype.is_floating_point for dtype in storage):
+        raise UserInputError(
+            f"FSDP shards floating-point tensors only, and the 4-bit weights are stored as {sorted(map(str, storage))}: "
+            "set --model.quantization.bnb_4bit_quant_storage bfloat16 (the compute dtype)"
+        )
+    param_dtype = getattr(mixed_precision, "param_dtype", None)
+    if param_dtype is not None and storage != {param_dtype}:
+        raise UserInputError(
+            f"--trainer.precision gives FSDP the parameter dtype {param_dtype}, but the 4-bit weights are stored as "
+            f"{sorted(map(str, storage))}; FSDP would cast the packed 4-bit data and corrupt it. Use "
+            "--trainer.precision bf16-mixed with --model.quantization.bnb_4bit_quant_storage bfloat16"
+        )
+
+
+def is_sharded(model: nn.Module | None) -> bool:
+    """Whether ``model`` is FSDP-wrapped (by ``QLoraFSDPStrategy``)."""
+    return isinstance(model, FSDP)
+
+
+def clean_name(name: str) -> str:
+    """A parameter name without FSDP's (and activation checkpointing's) wrapper prefixes."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name, as an unwrapped model names them (whole on every rank, also under FSDP)."""
+    return {clean_name(n): p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@contextmanager
+def generation_context(model: nn.Module) -> Iterator[dict[str, Any]]:
+    """Around ``generate()``: yields extra generate kwargs; under FSDP, unshards the root unit's own parameters.
+
+    ``generate`` calls the inner model, not the FSDP root's forward, so the root's own parameters (embeddings, LM
+    head, final norms) would stay sharded; the block units unshard themselves in their forwards. Ranks finish
+    generating at different lengths, so under FSDP they keep stepping together (``synced_gpus``) until all are done:
+    every decoding step all-gathers each block on every rank.
+    """
+    if not is_sharded(model):
+        yield {}
+        return
+    with FSDP.summon_full_params(model, recurse=False, writeback=False):
+        yield {"synced_gpus": torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1}

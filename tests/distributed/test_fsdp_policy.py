@@ -1,0 +1,81 @@
+"""QLoraFSDPStrategy's pieces that need no process group: the wrap policy, the dtype checks, the config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+from lit_qsum.distributed.fsdp import QLoraFSDPStrategy, check_fsdp_dtypes, qlora_auto_wrap_policy
+from lit_qsum.errors import UserInputError
+
+SHAPES = {
+    "t5": dict(model_type="t5", vocab_size=64, d_model=16, d_ff=32, d_kv=4, num_heads=4, num_layers=2,
+               num_decoder_layers=2, feed_forward_proj="gated-gelu"),
+    "bart": dict(model_type="bart", vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32),
+    "llama": dict(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2),
+}
+
+
+def frozen_model(kind: str) -> nn.Module:
+    fields = dict(SHAPES[kind])
+    config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+    auto = transformers.AutoModelForCausalLM if kind == "llama" else transformers.AutoModelForSeq2SeqLM
+    model = auto.from_config(config)
+    model.requires_grad_(False)
+    return model
+
+
+def wrapped(model: nn.Module, policy) -> list[str]:
+    return sorted(name for name, m in model.named_modules() if policy(m, recurse=False, nonwrapped_numel=0))
+
+
+@pytest.mark.parametrize(("kind", "block", "count"), [("t5", "T5Block", 4), ("bart", "Bart", 2), ("llama", "LlamaDecoderLayer", 2)])
+def test_policy_wraps_the_blocks_the_model_declares(kind: str, block: str, count: int) -> None:
+    model = frozen_model(kind)
+    names = wrapped(model, qlora_auto_wrap_policy(model))
+    assert len(names) == count
+    assert all(type(model.get_submodule(n)).__name__.startswith(block) for n in names)
+
+
+def test_policy_gives_frozen_leaves_of_another_dtype_their_own_unit() -> None:
+    # T5 keeps `wo` in float32 next to bfloat16(-stored 4-bit) weights; one flat parameter can't hold both
+    model = frozen_model("t5").to(torch.bfloat16)
+    for name, module in model.named_modules():
+        if name.endswith("DenseReluDense.wo"):
+            module.float()
+    names = wrapped(model, qlora_auto_wrap_policy(model))
+    assert sum(n.endswith(".wo") for n in names) == 4 and sum(n.endswith(".block.0") for n in names) == 2
+    lora_like = nn.Linear(16, 4)  # trainable leaves are left to FSDP's ignored_states, not wrapped
+    assert not qlora_auto_wrap_policy(model)(lora_like, recurse=False, nonwrapped_numel=0)
+
+
+def test_policy_block_classes_override_and_a_missing_class_is_named() -> None:
+    model = frozen_model("t5")
+    names = wrapped(model, qlora_auto_wrap_policy(model, ["T5LayerFF"]))
+    assert len(names) == 4 and all(n.endswith("layer.1") or n.endswith("layer.2") for n in names)
+    with pytest.raises(UserInputError, match="block_classes"):
+        qlora_auto_wrap_policy(model, ["NoSuchBlock"])
+
+
+class Params4bit(nn.Parameter):
+    """Stands in for bitsandbytes' class of that name (only the name is checked)."""
+
+
+def test_4bit_storage_checks_name_the_flag_to_change() -> None:
+    model = nn.Linear(4, 4)
+    model.weight = Params4bit(torch.zeros(8, 1, dtype=torch.uint8), requires_grad=False)
+    with pytest.raises(UserInputError, match="bnb_4bit_quant_storage bfloat16"):
+        check_fsdp_dtypes(model, None)
+    model.weight = Params4bit(torch.zeros(8, 1, dtype=torch.bfloat16), requires_grad=False)
+    check_fsdp_dtypes(model, torch.distributed.fsdp.MixedPrecision(param_dtype=torch.bfloat16))
+    with pytest.raises(UserInputError, match="--trainer.precision bf16-mixed"):
+        check_fsdp_dtypes(model, torch.distributed.fsdp.MixedPrecision(param_dtype=torch.float32))
+
+
+def test_strategy_refuses_sharded_checkpoints() -> None:
+    with pytest.raises(UserInputError, match="state_dict_type must be 'full'"):
+        QLoraFSDPStrategy(state_dict_type="sharded")

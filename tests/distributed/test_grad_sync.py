@@ -1,0 +1,48 @@
+"""The per-step gradient all-reduce and agreement, on two gloo processes: means and maxima are what they should be."""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lit_qsum.distributed import grad_sync
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        a = torch.nn.Parameter(torch.zeros(3))
+        b = torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.float64))
+        c = torch.nn.Parameter(torch.zeros(1))  # no gradient on rank 1: counts as zeros
+        a.grad = torch.full((3,), float(rank + 1))
+        b.grad = torch.full((2, 2), 10.0 * (rank + 1), dtype=torch.float64)
+        c.grad = torch.ones(1) * 4 if rank == 0 else None
+        grad_sync.all_reduce_grads([a, b, c])
+        agreed = grad_sync.agree([torch.tensor(rank), -float("inf") if rank == 0 else -2.0], torch.device("cpu"))
+        results[rank] = (a.grad.tolist(), b.grad.tolist(), c.grad.tolist(), agreed)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_averages_each_dtype_and_agree_takes_the_max() -> None:
+    results = mp.Manager().dict()
+    mp.start_processes(_worker, args=(_free_port(), results), nprocs=2, start_method="fork")
+    for rank in (0, 1):
+        a, b, c, agreed = results[rank]
+        assert a == [1.5] * 3
+        assert b == [[15.0, 15.0], [15.0, 15.0]]
+        assert c == [2.0]
+        assert agreed == [1.0, -2.0]  # any rank's NaN count; minus the smallest pending micro-batch
+
+
+def test_agree_without_a_process_group_is_local() -> None:
+    assert grad_sync.agree([torch.tensor(3), 5.0], torch.device("cpu")) == [3.0, 5.0]

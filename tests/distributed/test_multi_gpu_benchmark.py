@@ -1,0 +1,34 @@
+"""benchmarks/multi_gpu.py --smoke: the GPU benchmark's every path (DDP on 1 and 2 processes, FSDP with validation and a
+checkpoint, the result files) on the CPU, so its first GPU run is not its first run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "multi_gpu.py"), "--smoke", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [results] = tmp_path.glob("*-multi-gpu.json")
+    records = json.loads(results.read_text())
+    assert [(r["strategy"], r["gpus"]) for r in records] == [("ddp", 1), ("ddp", 2), ("fsdp", 2)]
+    for r in records:
+        assert r["tool"] == "lit-qsum" and r["tokens_per_s"] > 0 and r["step_time_s"] > 0
+        assert len(r["peak_allocated_gib_per_gpu"]) == r["gpus"] and "peak_allocated_gib" in r
+        assert {"shape", "gpu", "date", "micro_batch", "versions"} <= set(r)
+        assert r["measured_steps"] == 3
+    assert records[2]["checkpoint"]["ok"], records[2]["checkpoint"]
+    table = (tmp_path / results.name.replace(".json", ".md")).read_text()
+    assert "| t5-tiny | fsdp | 2 |" in table and "2 GPUs / 1 GPU" in table
+    assert records[0]["command"][2:6] == ["lit_qsum", "fit", "--config", str(REPO / "configs" / "multi-gpu.yaml")]
