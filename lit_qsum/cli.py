@@ -123,5 +123,17 @@ def main(args: list[str] | None = None) -> None:
         # Lightning's MisconfigurationException is a setting this machine can't honour (e.g. a GPU on a CPU box)
         if (_user_error(err) is None and not isinstance(err, MisconfigurationException)) or os.environ.get("LIT_QSUM_DEBUG"):
             raise
-        print(f"lit-qsum: error: {err}", file=sys.stderr)
+        print(f"lit-qsum: error: {err}{_hint(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _hint(err: BaseException) -> str:
+    """How to fix the errors Lightning words for its own developers."""
+    if "No supported gpu backend found" in str(err):
+        return (
+            " (--trainer.accelerator gpu, but this machine has no CUDA GPU that torch can use: check nvidia-smi and "
+            "that torch is a CUDA build, or train on the CPU with --trainer.accelerator cpu --trainer.devices 1 "
+            "--trainer.precision 32-true, e.g. configs/cpu.yaml)"
+        )
+    return ""
+

@@ -105,6 +105,7 @@ def test_gpu_on_a_cpu_machine(tmp_path, capsys, monkeypatch) -> None:
         pytest.skip("this machine has a GPU")
     err = run_cli(fit("--trainer.accelerator", "gpu"), capsys, monkeypatch, tmp_path)
     assert "gpu" in err.lower() and "lit-qsum: error" in err
+    assert "--trainer.accelerator cpu" in err  # says how to fix it
 
 
 def test_disk_full_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch) -> None:
