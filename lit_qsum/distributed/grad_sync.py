@@ -7,7 +7,8 @@ a few tens of MB, one all-reduce per optimizer step costs well under a milliseco
 
 - ``local_backward`` runs each backward under DDP's ``no_sync`` (DDP's documented switch for gradient
   accumulation; Lightning's manual optimization would otherwise prepare DDP's reducer before every
-  ``manual_backward``); with ``broadcast_buffers=False`` on the strategy, DDP's forward runs no collective either;
+  ``manual_backward``); DDP's forward still broadcasts buffers, but once per training step on every rank, never
+  between one rank's OOM retries (which run the model's own forward, not the wrapper's);
 - ``all_reduce_grads`` averages the trainable gradients over ranks in one flat buffer per dtype, before clipping
   and the optimizer step; ranks then hold identical gradients and stay identical replicas, as with DDP's own sync;
 - ``agree`` all-reduces (max) a few per-step numbers every rank must share (a non-finite loss anywhere skips the
