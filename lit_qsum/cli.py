@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
 from lit_qsum.checkpoint_io import AdapterCheckpointIO
 from lit_qsum.data.datamodule import SummarizationDataModule
+from lit_qsum.distributed import close_process_group
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
 from lit_qsum.profiles import PROFILES, expand_profile_flag
@@ -119,12 +120,15 @@ def main(args: list[str] | None = None) -> None:
         if profile is not None:
             print(f"lit-qsum: profile {profile}: {PROFILES[profile]}", file=sys.stderr)
         LitQsumCLI(args=argv)
+        close_process_group(finished=True)
     except (ValueError, MisconfigurationException) as err:
         # Lightning's MisconfigurationException is a setting this machine can't honour (e.g. a GPU on a CPU box)
         if (_user_error(err) is None and not isinstance(err, MisconfigurationException)) or os.environ.get("LIT_QSUM_DEBUG"):
             raise
         print(f"lit-qsum: error: {err}{_hint(err)}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        close_process_group(finished=False)  # no-op when closed above or never opened
 
 
 def _hint(err: BaseException) -> str:
