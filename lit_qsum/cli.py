@@ -30,7 +30,7 @@ from lit_qsum.module import SummarizationModule
 from lit_qsum.profiles import PROFILES, expand_profile_flag
 
 
-# The module steps its optimizer itself (see SummarizationModule._backward_chunks) and every checkpoint
+# The module steps its optimizer itself (see lit_qsum.steps) and every checkpoint
 # falls on a step boundary, so Lightning's note about "pre-optimization state" does not apply.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 

@@ -1,0 +1,284 @@
+"""How ``SummarizationModule`` runs a training step itself: micro-batches, OOM recovery, NaN/Inf skips, DDP agreement.
+
+OOM recovery (``OOMBatchSizeScaler``) and what it keeps exact. The module steps its optimizer itself
+every ``accumulate_grad_batches`` micro-batches, where a micro-batch is a loader batch or, once
+``micro_batch_limit`` is set, a chunk of at most that many samples. A loader batch cut into ``k``
+chunks counts as ``k`` micro-batches and weighs ``k / accumulate_grad_batches`` in the step; each
+chunk gets the share of that weight its label tokens have in the batch, so a split batch gives the
+gradient of the unsplit one (the loss is a mean over label tokens). When an OOM halves the
+micro-batch, the scaler doubles ``accumulate_grad_batches`` and the micro-batches already counted
+in the open step, and the loader serves half-size batches from the next one on: every optimizer
+step then covers the same samples as without the OOM (the sampler's epoch order does not depend
+on the batch size), there are as many steps, and the LR schedule, which counts optimizer steps, is
+unchanged. One thing differs: after the shrink, the loss is averaged over each half-size batch and
+the halves weigh equally, where before the tokens of the whole batch were averaged together; the
+usual gradient-accumulation approximation, exact when halves hold equally many label tokens.
+Exactness needs the micro-batch to halve evenly (even sizes; powers of two stay exact).
+
+Several GPUs (``lit_qsum.distributed``). Under DDP every backward runs under DDP's ``no_sync`` and the
+adapter's gradients are averaged once per optimizer step; under FSDP (``QLoraFSDPStrategy``) only the frozen
+base is sharded and the adapter is synced the same way. So a rank that runs out of memory splits its batch
+alone (DDP) and every rank adopts the smallest micro-batch at the next step; until then each rank counts its
+micro-batches in the shared unit, so all reach the optimizer step at the same loader batch. A NaN/Inf loss is
+counted on the device and read once per step, with the OOM sizes, in one small all-reduce: a step is skipped
+on every rank when any rank saw one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lit_qsum.distributed import fsdp, grad_sync
+from lit_qsum.errors import UserInputError
+
+_Result = TypeVar("_Result")
+
+
+def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """Cut a collated batch (tensors and lists along dim 0) into chunks of at most ``size`` examples."""
+    n = len(batch["index"])
+
+    def along_batch(value: Any) -> bool:
+        if isinstance(value, torch.Tensor):
+            return value.dim() > 0 and value.shape[0] == n
+        return isinstance(value, list) and len(value) == n
+
+    chunks = []
+    for start in range(0, n, size):
+        chunk = {k: v[start : start + size] if along_batch(v) else v for k, v in batch.items()}
+        if "num_tokens" in batch and "attention_mask" in chunk:
+            tokens = chunk["attention_mask"].sum()
+            if "labels" in chunk and "prompt_input_ids" not in chunk:  # seq2seq: summary tokens count too
+                tokens = tokens + (chunk["labels"] != -100).sum()
+            chunk["num_tokens"] = tokens
+        chunks.append(chunk)
+    return chunks
+
+
+class ManualSteps:
+    """The step machinery of ``SummarizationModule`` (a LightningModule with ``automatic_optimization = False``).
+
+    The module supplies ``_loss(batch)``, ``task`` and ``model``; the rest comes from ``LightningModule``
+    (``manual_backward``, ``optimizers``, ``trainer``...). ``training_step`` calls ``_backward_batch`` and then
+    ``_maybe_optimizer_step``; evaluation steps run through ``_eval_with_oom_retry``.
+    """
+
+    def _init_steps(self, accumulate_grad_batches: int, gradient_clip_val: float | None,
+                    max_consecutive_nonfinite: int) -> None:
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        # manual optimization: a training step may split its batch after an OOM (see _backward_chunks)
+        self.automatic_optimization = False
+        self.micro_batch_limit: int | None = None  # set by OOM recovery: the largest chunk that fits
+        self.eval_micro_batch_limit: int | None = None  # the same for validation/test/predict batches
+        self.micro_batches_done = 0  # since the last optimizer step
+        # DDP: the micro-batch this rank fell back to after an OOM, adopted by every rank at the next optimizer step
+        self.pending_micro_batch_limit: int | None = None
+        self.nonfinite_in_step: torch.Tensor | None = None  # device-side count of NaN/Inf losses in the open step
+        self.nonfinite_in_a_row = 0  # optimizer steps skipped in a row for a NaN/Inf loss
+        self.nonfinite_total = 0
+        self._trainable_params: list[torch.nn.Parameter] | None = None
+        self._syncs_per_step = False  # set at train start: under DDP the module averages gradients itself
+
+    def _label_tokens(self, batch: dict[str, Any]) -> int:
+        """Label tokens the loss averages over (a causal LM never scores the first position)."""
+        labels = batch["labels"][:, 1:] if self.task == "causal" else batch["labels"]
+        return int((labels != -100).sum())
+
+    def _token_shares(self, batch: dict[str, Any], parts: list[dict[str, Any]]) -> list[float]:
+        """Each part's share of ``batch``'s mean token loss: weighting part losses by it gives the batch loss."""
+        tokens = [self._label_tokens(part) for part in parts]
+        total = sum(tokens)
+        if total == 0:  # no label tokens at all: the loss is NaN anyway, split by samples
+            return [len(part["index"]) / len(batch["index"]) for part in parts]
+        return [t / total for t in tokens]
+
+    @property
+    def syncs_gradients_per_step(self) -> bool:
+        """True under DDP and FSDP: the adapter's gradients are averaged once per optimizer step, here."""
+        return self._syncs_per_step
+
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP (``QLoraFSDPStrategy``): forward and backward all-gather the frozen base across ranks."""
+        return fsdp.is_sharded(self.model)
+
+    def _backward_batch(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """One loader batch: its weight in the step is fixed now, from the sizes all ranks share."""
+        chunks = math.ceil(len(batch["index"]) / self.micro_batch_limit) if self.micro_batch_limit else 1
+        losses = self._backward_chunks(batch, chunks / self.accumulate_grad_batches)
+        if self.syncs_gradients_per_step:
+            # counted in the shared unit, however finely this rank had to split after an OOM, so every rank
+            # reaches the optimizer step at the same loader batch
+            self.micro_batches_done += chunks
+        return losses
+
+    def _backward_chunks(self, batch: dict[str, Any], weight: float) -> list[torch.Tensor]:
+        """Forward + backward, in chunks of at most ``micro_batch_limit``; an OOM halves the chunk and retries.
+
+        Lightning can't retry a step from a callback (an exception in ``training_step`` leaves the fit
+        loop), so the retry lives here: the gradients of the failed chunk are rolled back, an
+        ``OOMBatchSizeScaler`` callback (if present) decides the new sizes, and the same samples are
+        run again in smaller chunks. Without that callback an OOM propagates as usual.
+
+        ``weight``: what this (part of a) loader batch weighs in the optimizer step; fixed when the
+        loader batch arrives, so re-splitting after an OOM redistributes it and never changes it.
+        A NaN/Inf loss is backpropagated like any other and only counted on the device; the optimizer
+        step reads the count once and skips the whole step (no host sync per micro-batch).
+        """
+        size = len(batch["index"])
+        limit = self._chunk_limit()
+        if limit == 0:
+            return []  # DDP: this rank can't fit even the smallest micro-batch; the step's agreement stops every rank
+        if limit is not None and size > limit:
+            parts = split_batch(batch, limit)
+            shares = self._token_shares(batch, parts)
+            return [loss for part, share in zip(parts, shares) for loss in self._backward_chunks(part, weight * share)]
+        handler = self._oom_handler()
+        snapshot = self._grad_snapshot() if handler is not None and self._has_grads() else None
+        try:
+            loss = self._loss(batch)
+            with grad_sync.local_backward(self.trainer.strategy.model):
+                self.manual_backward(loss * weight)
+        except torch.cuda.OutOfMemoryError as err:
+            if handler is None:
+                raise
+            loss = None  # drop the failed step's activations before measuring what is free
+            self._restore_grads(snapshot)
+            handler(self.trainer, self, size, err)
+        else:
+            if not self.syncs_gradients_per_step:
+                self.micro_batches_done += 1
+            bad = (~torch.isfinite(loss.detach())).to(torch.int32)
+            self.nonfinite_in_step = bad if self.nonfinite_in_step is None else self.nonfinite_in_step + bad
+            return [loss.detach()]
+        # after an OOM: retried outside the except block, so the failed attempt's traceback no longer pins its tensors
+        return self._backward_chunks(batch, weight)
+
+    def _chunk_limit(self) -> int | None:
+        limits = [x for x in (self.micro_batch_limit, self.pending_micro_batch_limit) if x is not None]
+        return min(limits) if limits else None
+
+    def _oom_handler(self):
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        return next((cb.handle_train_oom for cb in trainer.callbacks if hasattr(cb, "handle_train_oom")), None)
+
+    def _has_grads(self) -> bool:
+        return any(p.grad is not None for p in self._trainable())
+
+    def _grad_snapshot(self) -> list[torch.Tensor | None]:
+        return [None if p.grad is None else p.grad.clone() for p in self._trainable()]
+
+    def _restore_grads(self, snapshot: list[torch.Tensor | None] | None) -> None:
+        for i, p in enumerate(self._trainable()):
+            p.grad = None if snapshot is None else snapshot[i]
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        # built once: walking every (frozen, 4-bit) parameter on each optimizer step is wasted host time
+        if self._trainable_params is None:
+            self._trainable_params = [p for p in self.model.parameters() if p.requires_grad]
+        return self._trainable_params
+
+    def _maybe_optimizer_step(self) -> None:
+        last = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if self.micro_batches_done < self.accumulate_grad_batches and not last:
+            return
+        self.micro_batches_done = 0
+        nonfinite, smallest = self._agree_on_step()
+        optimizer = self.optimizers()
+        if nonfinite:
+            optimizer.zero_grad(set_to_none=True)
+            self._on_nonfinite_step(nonfinite)
+        elif self.syncs_gradients_per_step or self.sharded or self._has_grads():
+            self.nonfinite_in_a_row = 0
+            if self.syncs_gradients_per_step:
+                grad_sync.all_reduce_grads(self._trainable())
+            if self.gradient_clip_val and self.sharded:
+                # whole, identical gradients on every rank, which Lightning's FSDP precision plugin won't clip by norm
+                torch.nn.utils.clip_grad_norm_(self._trainable(), self.gradient_clip_val)
+            elif self.gradient_clip_val:
+                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+        if smallest is not None:
+            self._adopt_micro_batch(smallest)
+
+    def _agree_on_step(self) -> tuple[int, int | None]:
+        """(NaN/Inf losses in the step, max over ranks; the smallest micro-batch a rank fell back to, if any).
+
+        One small all-reduce under DDP/FSDP and one host read everywhere, once per optimizer step.
+        """
+        counted = self.nonfinite_in_step if self.nonfinite_in_step is not None else 0
+        self.nonfinite_in_step = None
+        pending = self.pending_micro_batch_limit
+        self.pending_micro_batch_limit = None
+        # the max of minus the limits is minus the smallest limit; -inf where a rank had no OOM
+        nonfinite, neg_limit = grad_sync.agree(
+            [counted, -math.inf if pending is None else -pending], self.trainer.strategy.root_device
+        )
+        return int(nonfinite), (None if math.isinf(neg_limit) else int(-neg_limit))
+
+    def _adopt_micro_batch(self, size: int) -> None:
+        adopt = next((cb.adopt_micro_batch for cb in self.trainer.callbacks if hasattr(cb, "adopt_micro_batch")), None)
+        if adopt is not None:
+            adopt(self.trainer, self, size)
+
+    def _on_nonfinite_step(self, count: int) -> None:
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_total), on_step=True, on_epoch=False)
+        where = " on at least one rank" if self.trainer.world_size > 1 else ""
+        rank_zero_warn(
+            f"step {self.global_step}: {count} micro-batch loss(es) were NaN/Inf{where}; this optimizer step is skipped"
+        )
+        if self.nonfinite_in_a_row >= self.max_consecutive_nonfinite:
+            raise UserInputError(
+                f"{self.nonfinite_in_a_row} optimizer steps in a row had non-finite losses (NaN/Inf), stopping. Usual "
+                "causes: --trainer.precision 16-mixed with a T5-family model (use bf16-mixed or 32-true), a learning "
+                "rate too high for this model (lower --model.optimizer.init_args.lr), or no --model.gradient_clip_val."
+            )
+
+    def _eval_with_oom_retry(
+        self, batch: dict[str, Any], run: Callable[[dict[str, Any]], _Result]
+    ) -> list[tuple[dict[str, Any], _Result]]:
+        """``run(batch)``; on a CUDA OOM, run it over the batch's halves instead (recursively), in batch order.
+
+        Evaluation has no gradients to keep consistent, so only the evaluation batch shrinks: an
+        ``OOMBatchSizeScaler`` callback (``handle_eval_oom``) frees memory, stops at one sample and
+        halves the data module's ``eval_batch_size`` for loaders built later; the loader running now
+        keeps its size, so its later batches are cut to the size that fit here without a failed try.
+        Without such a callback an OOM propagates as usual.
+        """
+        size = len(batch["index"])
+        limit = self.eval_micro_batch_limit
+        if limit is not None and size > limit:
+            return [piece for part in split_batch(batch, limit) for piece in self._eval_with_oom_retry(part, run)]
+        handler = self._eval_oom_handler()
+        try:
+            return [(batch, run(batch))]
+        except torch.cuda.OutOfMemoryError as err:
+            if handler is None:
+                raise
+            handler(self.trainer, self, size, err)  # frees memory; raises when even one sample does not fit
+            if size == 1:
+                raise
+        # retried outside the except block, so the failed attempt's traceback no longer pins its tensors
+        self.eval_micro_batch_limit = size // 2
+        return self._eval_with_oom_retry(batch, run)
+
+    def _eval_oom_handler(self):
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        return next((cb.handle_eval_oom for cb in trainer.callbacks if hasattr(cb, "handle_eval_oom")), None)
