@@ -1,0 +1,315 @@
+"""The worker of ``benchmarks/speed.py``: one (shape, tool, variant) in this process.
+
+``python benchmarks/speed.py --worker SPEC`` runs ``run_worker`` on a spec file the driver wrote; see speed.py's
+docstring for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+from transformers import Seq2SeqTrainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from typing_extensions import override
+
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS.parent)]  # speed_common.py, and this checkout's lit_qsum
+from speed_common import DATA_DEFAULTS, LORA, LOSS_CHECK_SAMPLES, empty_record, lit_module_kwargs  # noqa: E402
+
+from lit_qsum.data.collate import IGNORE_INDEX, Seq2SeqCollator  # noqa: E402
+
+LEARNING_RATE = 2e-4
+# bf16 dense tensor-core peak, FLOP/s; matched by substring of torch.cuda.get_device_name(), first hit wins
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}
+PROFILE_STEPS = 2
+
+
+class StepWindow:
+    """Non-pad tokens and wall time of optimizer steps ``warmup + 1 .. warmup + steps``.
+
+    Token counts accumulate as tensors where the batch lives (no per-step sync); the device is
+    synchronized only at the window's two ends and after the first step.
+    """
+
+    def __init__(self, warmup: int, steps: int, cuda: bool) -> None:
+        self.warmup, self.steps, self.cuda = warmup, steps, cuda
+        self.tokens: torch.Tensor | None = None
+        self.padded = 0
+        self.start = self.first_step_s = self.t0 = self.t1 = None
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def train_start(self) -> None:
+        self.start = self._now()
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        """Count a batch of the timed window."""
+        tokens = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
+        self.tokens = tokens if self.tokens is None else self.tokens + tokens
+        self.padded += batch["input_ids"].numel() + batch["labels"].numel()  # shapes are host-side: no sync
+
+    def step_end(self, step: int) -> None:
+        """After optimizer step ``step`` (1-based)."""
+        if step == 1:
+            self.first_step_s = self._now() - self.start
+        if step == self.warmup:
+            self.t0 = self._now()
+            self._profile_start()
+        if step == self.warmup + PROFILE_STEPS:
+            self._profile_stop()
+        if step == self.warmup + self.steps:
+            self.t1 = self._now()
+
+    # LIT_QSUM_SPEED_PROFILE=DIR: torch.profiler over the first PROFILE_STEPS timed steps (those runs' speed
+    # figures include the profiler's overhead: use them for where time goes, not for the results table)
+    def _profile_start(self) -> None:
+        self.profiler = None
+        if os.environ.get("LIT_QSUM_SPEED_PROFILE"):
+            from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+
+    def _profile_stop(self) -> None:
+        if getattr(self, "profiler", None) is None:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.profiler.__exit__(None, None, None)
+        events = self.profiler.key_averages()
+        out = Path(os.environ["LIT_QSUM_SPEED_PROFILE"])
+        out.mkdir(parents=True, exist_ok=True)
+        label = os.environ.get("LIT_QSUM_SPEED_PROFILE_LABEL", "run")
+        sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
+        text = [f"{PROFILE_STEPS} steps; {sum(e.count for e in events if e.key.startswith('cuda') and 'Launch' in e.key)} "
+                "kernel launches", events.table(sort_by=sort, row_limit=40), events.table(sort_by="self_cpu_time_total", row_limit=40)]
+        (out / f"profile-{label}.txt").write_text("\n".join(text))
+        self.profiler = None
+
+    def result(self) -> dict[str, Any]:
+        if self.t0 is None or self.t1 is None or self.tokens is None:
+            raise RuntimeError(f"the timed window did not complete (start {self.t0}, end {self.t1})")
+        seconds, tokens = self.t1 - self.t0, int(self.tokens)
+        return {"tokens_per_s": tokens / seconds, "step_time_s": seconds / self.steps, "timed_tokens": tokens,
+                "non_pad_share": tokens / self.padded, "first_step_s": self.first_step_s}
+
+
+def run_worker(spec_path: Path) -> None:
+    spec = json.loads(spec_path.read_text())
+    record = empty_record(spec)
+    os.environ.setdefault("LIT_QSUM_SPEED_PROFILE_LABEL", f"{spec['shape']}-{spec['tool']}-{spec['variant']['name']}")
+    try:
+        cuda = not spec["smoke"]
+        record["gpu"] = torch.cuda.get_device_name() if cuda else "cpu"
+        record["versions"] = library_versions()
+        samples = torch.load(spec["data_path"], weights_only=True)
+        features = [{**s, "index": i} for i, s in enumerate(samples)]
+        check = Seq2SeqCollator(spec["pad_token_id"], 8)(features[:LOSS_CHECK_SAMPLES])
+        check = {k: check[k] for k in ("input_ids", "attention_mask", "labels")}
+        window = StepWindow(spec["warmup"], spec["steps"], cuda)
+        train = train_hf if spec["tool"] == "hf" else train_lit_qsum
+        eval_loss = train(spec, features, check, window)
+        record.update(window.result(), loss_check={"eval_loss": eval_loss, "rel_diff_vs_hf": None})
+        if cuda:
+            record["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated())
+            record["peak_reserved_gib"] = gib(torch.cuda.max_memory_reserved())
+        peak = next((flops for name, flops in PEAK_FLOPS.items() if name in record["gpu"]), None)
+        record["mfu"] = record["tokens_per_s"] * 6 * spec["num_params"] / peak if peak else None
+    except BaseException as err:
+        record["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise
+    finally:
+        Path(spec["result_path"]).write_text(json.dumps(record))
+
+
+def eval_loss_of(
+    model: torch.nn.Module, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    batch: dict[str, torch.Tensor], device: torch.device, autocast: bool,
+) -> float:
+    """Dropout-off loss of ``batch`` under bf16 autocast where training uses it; leaves ``model`` in train mode."""
+    from bitsandbytes.nn import Linear4bit  # noqa: PLC0415
+
+    model.eval()
+    # On CPUs with AVX512-BF16, bitsandbytes repacks a Linear4bit's weight for inference on its first
+    # eval-mode no-grad call, for good: later training calls then run that inference kernel (bf16, no
+    # input gradient; layers with a bias fail). Those layers have no dropout, so train mode changes nothing else.
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.train()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = loss_fn({k: v.to(device) for k, v in batch.items()})
+    model.train()
+    return float(loss)
+
+
+class HfStepTimer(TrainerCallback):
+    """Feeds the Trainer's optimizer steps to a ``StepWindow``."""
+
+    def __init__(self, window: StepWindow) -> None:
+        self.window = window
+
+    @override
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.window.train_start()
+
+    @override
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.window.step_end(state.global_step)
+
+
+class TokenCountingSeq2SeqTrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` that counts the non-pad tokens of the timed window's batches."""
+
+    def __init__(self, *args: Any, window: StepWindow, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.window = window
+
+    @override
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        if self.state.global_step >= self.window.warmup:  # this batch is step global_step + 1
+            self.window.add(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def train_hf(
+    spec: dict[str, Any], features: list[dict], check: dict[str, torch.Tensor], window: StepWindow
+) -> float:
+    """The standard Hugging Face QLoRA recipe; returns the pre-training eval loss of ``check``."""
+    import transformers  # noqa: PLC0415
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415
+
+    from lit_qsum.backends.lora_targets import default_target_modules  # noqa: PLC0415
+
+    smoke = spec["smoke"]
+    dtype = torch.float32 if smoke else torch.bfloat16
+    transformers.set_seed(spec["seed"])
+    quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    placement = {} if smoke else {"device_map": {"": 0}}
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(spec["model_path"], quantization_config=quant,
+                                                               dtype=dtype, **placement)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec["model_path"])
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    lora = LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], bias="none",
+                      target_modules=default_target_modules(model.config.model_type, model),
+                      task_type=TaskType.SEQ_2_SEQ_LM)
+    model = get_peft_model(model, lora)
+    device = torch.device("cpu" if smoke else "cuda:0")
+    eval_loss = eval_loss_of(model, lambda batch: model(**batch).loss, check, device, autocast=not smoke)
+    if not smoke:
+        torch.cuda.reset_peak_memory_stats()
+
+    args = dict(output_dir=spec["result_path"] + ".trainer", per_device_train_batch_size=spec["micro_batch"],
+                bf16=not smoke, use_cpu=smoke, optim="adamw_torch" if smoke else "paged_adamw_8bit",
+                learning_rate=LEARNING_RATE, max_steps=spec["warmup"] + spec["steps"], logging_steps=10**6,
+                save_strategy="no", report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
+                seed=spec["seed"], disable_tqdm=True)
+    # transformers 5 replaced group_by_length by train_sampling_strategy and renamed gradient_checkpointing
+    # (a deprecated alias now); pass whichever this version has
+    fields = {f.name for f in dataclasses.fields(transformers.Seq2SeqTrainingArguments)}
+    args.update({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
+                else {"group_by_length": True})
+    args.update({"activation_checkpointing": True} if "activation_checkpointing" in fields
+                else {"gradient_checkpointing": True})
+    dataset = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
+               for f in features]  # lengths for grouping are read from input_ids (tokenizer.model_input_names[0])
+    trainer = TokenCountingSeq2SeqTrainer(
+        model=model, args=transformers.Seq2SeqTrainingArguments(**args), train_dataset=dataset,
+        data_collator=transformers.DataCollatorForSeq2Seq(tokenizer, model, label_pad_token_id=IGNORE_INDEX,
+                                                          pad_to_multiple_of=8),
+        processing_class=tokenizer, callbacks=[HfStepTimer(window)], window=window,
+    )
+    trainer.train()
+    return eval_loss
+
+
+class LitStepTimer(Callback):
+    """Loss check and peak reset once the model is built, then feeds optimizer steps to a ``StepWindow``.
+
+    One loader batch is one optimizer step here (``accumulate_grad_batches`` 1), so steps are counted
+    by batch: a step the module skips for a non-finite loss still counts as time spent.
+    """
+
+    def __init__(self, window: StepWindow, check: dict[str, torch.Tensor], autocast: bool) -> None:
+        self.window, self.check, self.autocast = window, check, autocast
+        self.eval_loss: float | None = None
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.eval_loss = eval_loss_of(pl_module.model, pl_module._loss, self.check, pl_module.device, self.autocast)
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.window.train_start()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 > self.window.warmup:
+            self.window.add(batch)
+        self.window.step_end(batch_idx + 1)
+
+
+def train_lit_qsum(
+    spec: dict[str, Any], features: list[dict], check: dict[str, torch.Tensor], window: StepWindow
+) -> float:
+    """lit-qsum's QLoRA path with the variant's settings; returns the pre-training eval loss of ``check``."""
+    from lit_qsum.data.features import feature_length  # noqa: PLC0415
+    from lit_qsum.data.length_grouped_sampler import LengthGroupedBatchSampler  # noqa: PLC0415
+    from lit_qsum.module import SummarizationModule  # noqa: PLC0415
+
+    smoke, variant = spec["smoke"], spec["variant"]
+    L.seed_everything(spec["seed"], verbose=False)
+    module = SummarizationModule(
+        model_name_or_path=spec["model_path"], tokenizer=spec["model_path"], backend="qlora", init_seed=spec["seed"],
+        optimizer=functools.partial(torch.optim.AdamW, lr=LEARNING_RATE, weight_decay=0.0),
+        **lit_module_kwargs(variant["name"], variant["module"]),
+    )
+    data = {**DATA_DEFAULTS, **variant["data"]}
+    sampler = LengthGroupedBatchSampler([feature_length(f) for f in features], spec["micro_batch"], seed=spec["seed"])
+    loader = DataLoader(features, batch_sampler=sampler,  # type: ignore[arg-type]  # a list is a map-style dataset
+                        collate_fn=Seq2SeqCollator(spec["pad_token_id"], data["pad_to_multiple_of"]), num_workers=0)
+    timer = LitStepTimer(window, check, autocast=not smoke)
+    trainer = L.Trainer(
+        accelerator="cpu" if smoke else "gpu", devices=1, precision="32-true" if smoke else "bf16-mixed",
+        max_steps=spec["warmup"] + spec["steps"], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False,
+        callbacks=[timer], default_root_dir=spec["result_path"] + ".trainer",
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    assert timer.eval_loss is not None
+    return timer.eval_loss
+
+
+def library_versions() -> dict[str, str]:
+    import bitsandbytes  # noqa: PLC0415
+    import peft  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "bitsandbytes": bitsandbytes.__version__, "lightning": L.__version__}
+
+
+def gib(n: float) -> float:
+    return round(n / 2**30, 3)
