@@ -33,6 +33,12 @@ from lit_qsum.profiles import PROFILES, expand_profile_flag
 # The module steps its optimizer itself (see lit_qsum.steps) and every checkpoint
 # falls on a step boundary, so Lightning's note about "pre-optimization state" does not apply.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# main() hands LightningCLI the argv it rewrote (--profile), which Lightning warns about on every command
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+# SummarizationDataModule restores its sampler position itself (state_dict/load_state_dict, mark_consumed)
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
+# SortedEvalBatchSampler returns every index once (tests/data check it), which Lightning can't see for itself
+warnings.filterwarnings("ignore", message="You are using a custom batch sampler `SortedEvalBatchSampler`")
 
 
 def _data_tokenizer(tokenizer: str | None, model_name_or_path: str | None) -> str:
@@ -57,6 +63,44 @@ class LitQsumCLI(LightningCLI):
         parser.add_lightning_class_args(SummaryCsvWriter, "predictions")
         parser.link_arguments(("model.tokenizer", "model.model_name_or_path"), "data.tokenizer", compute_fn=_data_tokenizer)
 
+    def _parse_ckpt_path(self) -> None:
+        """Checkpoint settings for what the model *is*; the current config and flags for everything else.
+
+        Lightning replaces the whole ``model`` section with the checkpoint's hyperparameters, so at predict time
+        ``--model.generation.num_beams 1`` or ``--model.rouge_tokenizer char`` would be silently ignored. Only the
+        settings that rebuild the checkpoint's model come from it (``MODEL_IDENTITY``); where the config says
+        otherwise, one line says which value is used.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path:
+            return
+        if not Path(ckpt_path).is_file():
+            if ckpt_path in CKPT_ALIASES or "://" in str(ckpt_path) or str(ckpt_path).startswith("registry"):
+                return
+            raise UserInputError(f"--ckpt_path {ckpt_path}: no such file")
+        ours = self.config[subcommand].model.clone()
+        try:
+            super()._parse_ckpt_path()
+        except SystemExit:
+            raise
+        except Exception as err:  # torch.load's errors for a truncated file, a CSV, a pickle of something else
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise UserInputError(
+                f"--ckpt_path {ckpt_path}: not a readable Lightning checkpoint ({type(err).__name__}: {first})"
+            ) from err
+        merged = self.config[subcommand].model
+        for key in ours.keys():
+            top = key.split(".", 1)[0]
+            if top not in MODEL_IDENTITY:
+                merged[key] = ours[key]
+        theirs = _leaves({key: _plain(merged.get(key)) for key in MODEL_IDENTITY})
+        mine = _leaves({key: _plain(ours.get(key)) for key in MODEL_IDENTITY})
+        for key in sorted(set(theirs) | set(mine)):
+            if theirs.get(key) != mine.get(key):
+                print(f"lit-qsum: --ckpt_path {ckpt_path}: using the checkpoint's --model.{key} {theirs.get(key)!r} "
+                      f"(the config says {mine.get(key)!r})", file=sys.stderr)
+
     def instantiate_classes(self) -> None:
         """Instantiate, then tell the data module which task (seq2seq or causal) the model is."""
         super().instantiate_classes()
@@ -72,6 +116,26 @@ class LitQsumCLI(LightningCLI):
         kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
+
+def _plain(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"lora": {"rank": 8}}`` -> ``{"lora.rank": 8}``; ``model_config`` stays whole (one flag, one dict)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "model_config":
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# the settings that rebuild a checkpoint's model: taken from the checkpoint by validate/test/predict and a resume
+MODEL_IDENTITY = ("model_name_or_path", "model_config", "tokenizer", "backend", "lora", "quantization", "init_seed")
+# --ckpt_path values Lightning resolves itself ("last" finds the newest checkpoint of the run)
+CKPT_ALIASES = ("last", "best", "hpc")
 
 # commands beside LightningCLI's fit/validate/test/predict: name -> (module, function taking the rest of argv)
 EXTRA_COMMANDS = {

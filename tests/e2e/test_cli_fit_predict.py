@@ -132,3 +132,39 @@ def test_tensorboard_hparams_carry_final_rouge(trained: Path) -> None:
     assert {"val/rouge1", "val/rougeL", "val/rouge_sum"} <= metric_tags
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["backend_chosen"].string_value == "lora"
+
+
+def test_predict_takes_the_model_from_the_checkpoint_and_the_rest_from_the_flags(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Lightning alone would replace every --model.* flag with the checkpoint's value, silently."""
+    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
+    out_csv = trained / "short.csv"
+    main([
+        "predict", "--config", DEMO, "--ckpt_path", str(trained / "checkpoints" / "best.ckpt"),
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--model.generation.max_new_tokens", "2",  # how to run: the flag wins
+        "--model.lora.rank", "4",  # what the model is: the checkpoint's rank 32 wins, and the user is told
+        "--predictions.output_path", str(out_csv),
+    ])
+    err = capsys.readouterr().err
+    assert "using the checkpoint's --model.lora.rank 32 (the config says 4)" in err
+    with out_csv.open(encoding="utf-8", newline="") as handle:
+        summaries = [row["summary"] for row in csv.DictReader(handle)]
+    assert summaries and max(len(s.split()) for s in summaries) <= 2
+
+
+@pytest.mark.parametrize("content", [None, b"fname,dialogue\n", b"PK\x03\x04 truncated"])
+def test_missing_or_unreadable_checkpoint_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, content: bytes | None
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
+    ckpt = tmp_path / "model.ckpt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--config", DEMO, "--ckpt_path", str(ckpt), "--trainer.logger", "false"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    expected = "no such file" if content is None else "not a readable Lightning checkpoint"
+    assert err.startswith(f"lit-qsum: error: --ckpt_path {ckpt}: {expected}"), err
