@@ -48,6 +48,12 @@ _STAGE_SPLITS: dict[str | None, tuple[SplitName, ...]] = {
     "fit": ("train", "val"), None: ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)
 }
 _WARN_TRUNCATED_FRACTION = 0.05
+_MISSING_SPLIT_HINT = {
+    "train": "Give the CSV/JSONL to train on.",
+    "val": "Give a held-out CSV/JSONL with summaries, or --trainer.limit_val_batches 0 to train without validation.",
+    "test": "Give a CSV/JSONL with summaries to score.",
+    "predict": "Give the CSV/JSONL to summarize.",
+}
 
 
 @dataclass
@@ -183,6 +189,10 @@ class SummarizationDataModule(LightningDataModule):
             return path, self.hf_splits[split]
         if self.hf_dataset is not None:
             return self.hf_dataset, self.hf_splits[split]
+        if any(self.paths.values()):  # the user's own data: never mix in the demo's
+            flag = "--data.test_path (or --data.val_path)" if split == "test" else f"--data.{split}_path"
+            raise UserInputError(f"{flag} is not set; with your own data it would fall back to the bundled demo "
+                                 f"dialogues. {_MISSING_SPLIT_HINT[split]}")
         return bundled_path({"train": "train", "val": "dev", "test": "dev", "predict": "test"}[split]), split
 
     def setup(self, stage: str | None = None) -> None:
@@ -193,7 +203,11 @@ class SummarizationDataModule(LightningDataModule):
             if module is None or not hasattr(module, "resolve_task"):
                 raise UserInputError("--data.task auto needs a lit-qsum model to ask; set --data.task seq2seq or causal")
             self.task = module.resolve_task()
-        for split in _STAGE_SPLITS.get(stage, ("train", "val")):
+        splits = _STAGE_SPLITS.get(stage, ("train", "val"))
+        trainer = self.trainer
+        if stage == "fit" and trainer is not None and trainer.limit_val_batches == 0:
+            splits = ("train",)  # validation is off: Lightning never asks for its loader
+        for split in splits:
             if split not in self._splits:
                 self._splits[split] = self._load(split)
 

@@ -79,6 +79,26 @@ def test_predict_and_test_splits():
     assert "labels" in next(iter(dm.test_dataloader()))
 
 
+def test_own_data_never_falls_back_to_the_bundled_demo_splits():
+    from types import SimpleNamespace
+
+    from lit_qsum.data.synthetic import bundled_path
+    from lit_qsum.errors import UserInputError
+
+    own = str(bundled_path("train"))  # any file of the user's
+    with pytest.raises(UserInputError, match=r"--data.val_path is not set.*--trainer.limit_val_batches 0"):
+        SummarizationDataModule(task="seq2seq", train_path=own, max_train_samples=8).setup("fit")
+    with pytest.raises(UserInputError, match=r"--data.predict_path is not set.*to summarize"):
+        SummarizationDataModule(task="seq2seq", train_path=own, val_path=own).setup("predict")
+    with pytest.raises(UserInputError, match=r"--data.test_path \(or --data.val_path\) is not set"):
+        SummarizationDataModule(task="seq2seq", train_path=own).setup("test")
+    # validation switched off: only the training split is needed
+    dm = SummarizationDataModule(task="seq2seq", train_path=own, max_train_samples=8)
+    dm.trainer = SimpleNamespace(limit_val_batches=0)
+    dm.setup("fit")
+    assert set(dm.truncation_stats) == {"train"}
+
+
 def test_causal_task_batches():
     dm = SummarizationDataModule(task="causal", batch_size=2, max_train_samples=8, max_eval_samples=4)
     dm.setup("fit")
