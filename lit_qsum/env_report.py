@@ -30,7 +30,11 @@ def _model_type(model: dict) -> tuple[str, bool] | None:
     if model.get("model_config"):
         from transformers import AutoConfig  # noqa: PLC0415
 
-        config = AutoConfig.for_model(model["model_config"]["model_type"])
+        model_type = model["model_config"].get("model_type")
+        try:
+            config = AutoConfig.for_model(model_type)
+        except ValueError as err:
+            raise UserInputError(f"model.model_config: unknown model_type {model_type!r}") from err
     elif model.get("model_name_or_path"):
         config = load_config(model["model_name_or_path"])
     else:

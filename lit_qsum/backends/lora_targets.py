@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from lit_qsum.errors import UserInputError
+
 DEFAULT_TARGETS: dict[str, list[str]] = {
     "t5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
     "mt5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
@@ -24,7 +26,7 @@ def default_target_modules(model_type: str, model: nn.Module) -> list[str]:
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     found = [t for t in wanted if t in present]
     if not found:
-        raise ValueError(
+        raise UserInputError(
             f"no default LoRA targets found for model type {model_type!r}; "
             "set --model.lora.target_modules to the names of its linear layers"
         )

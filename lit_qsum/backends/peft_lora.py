@@ -6,6 +6,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedModel
 
 from lit_qsum.backends.lora_targets import default_target_modules
+from lit_qsum.errors import UserInputError
 from lit_qsum.settings import LoraSettings
 
 
@@ -39,4 +40,4 @@ def apply_lora(model: PreTrainedModel, lora: LoraSettings, task: str, gradient_c
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        raise ValueError(f"--model.lora: peft rejected the LoRA config: {err}") from err
+        raise UserInputError(f"--model.lora: peft rejected the LoRA config: {err}") from err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,9 +45,16 @@ class SummaryCsvWriter(BasePredictionWriter):
         if path.is_dir():
             raise UserInputError(f"--predictions.output_path {path} is a directory; give a .csv file path")
         parent = path.parent
-        parent_existing = next(p for p in (parent, *parent.parents) if p.exists())
-        if not os.access(parent_existing, os.W_OK):
-            raise UserInputError(f"--predictions.output_path: can't write to {parent_existing} (permission denied)")
+        existing = next(p for p in (parent, *parent.parents) if p.exists())
+        if not existing.is_dir():
+            raise UserInputError(f"--predictions.output_path {path}: {existing} is a file, not a folder")
+        try:  # a real write, not os.access: root passes os.access on read-only mounts and /proc
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as err:
+            raise UserInputError(
+                f"--predictions.output_path {path}: can't write in {existing} ({err.strerror or err})"
+            ) from err
 
     @override
     def write_on_epoch_end(

@@ -132,16 +132,49 @@ def test_disk_full_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch) 
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
 
 
-def test_unwritable_predictions_folder(tmp_path, monkeypatch) -> None:
+def test_unwritable_predictions_folder_fails_before_predicting(tmp_path, monkeypatch) -> None:
+    import errno
+    import tempfile
     from types import SimpleNamespace
 
     from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
     from lit_qsum.errors import UserInputError
 
-    writer = SummaryCsvWriter(output_path=str(tmp_path / "ro" / "pred.csv"))
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path))
     (tmp_path / "ro").mkdir()
-    real_access = __import__("os").access
-    # the tests run as root, which ignores permission bits: fake what a normal user sees
-    monkeypatch.setattr("os.access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real_access(p, mode))
-    with pytest.raises(UserInputError, match="permission denied"):
-        writer.setup(SimpleNamespace(default_root_dir=str(tmp_path)), None, "predict")
+    real = tempfile.TemporaryFile
+
+    def temporary_file(*args, dir=None, **kwargs):  # the tests run as root, which ignores permission bits
+        if Path(dir) == tmp_path / "ro":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+    with pytest.raises(UserInputError, match=r"can't write in .*ro \(Permission denied\)"):
+        SummaryCsvWriter(output_path=str(tmp_path / "ro" / "new" / "pred.csv")).setup(trainer, None, "predict")
+    SummaryCsvWriter(output_path=str(tmp_path / "ok" / "pred.csv")).setup(trainer, None, "predict")  # writable: fine
+
+    (tmp_path / "data.csv").write_text("fname,dialogue\n")
+    with pytest.raises(UserInputError, match="data.csv is a file, not a folder"):
+        SummaryCsvWriter(output_path=str(tmp_path / "data.csv" / "pred.csv")).setup(trainer, None, "predict")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "ro"]  # the checks leave nothing behind
+
+
+@pytest.mark.parametrize("extra, expected", [
+    # gpt2 is a causal LM, but its Conv1D layers have none of the default LoRA target names
+    (["--model.model_config", '{"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2}'],
+     "no default LoRA targets found for model type 'gpt2'"),
+    (["--model.lora.target_modules", "[no_such_linear]"], "--model.lora: peft rejected the LoRA config"),
+])
+def test_lora_targets_that_match_nothing_are_one_line(tmp_path, capsys, monkeypatch, extra, expected) -> None:
+    err = run_cli(fit(*extra), capsys, monkeypatch, tmp_path)
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("lit-qsum: error:") and expected in err
+
+
+def test_env_with_an_unknown_model_type_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    config = tmp_path / "t55.yaml"
+    config.write_text("model:\n  model_config: {model_type: t55}\n", encoding="utf-8")
+    err = run_cli(["env", "--config", str(config)], capsys, monkeypatch, tmp_path)
+    assert "lit-qsum: error: model.model_config: unknown model_type 't55'" in err.splitlines()
+    assert "Traceback" not in err
