@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -45,6 +45,25 @@ def _data_tokenizer(tokenizer: str | None, model_name_or_path: str | None) -> st
     return tokenizer or model_name_or_path or "lit_qsum:demo"
 
 
+MAIN_HELP = (
+    "Fine-tune dialogue summarizers with 4-bit QLoRA. Lightning's commands: fit, validate, test, predict "
+    "(lit-qsum fit --help). lit-qsum's own: env (what this machine supports and which backend a config would get), "
+    "export (a checkpoint to a transformers or peft folder), sweep (compare LoRA ranks); each takes --help."
+)
+
+
+class _Parser(LightningArgumentParser):
+    """jsonargparse prints the whole usage (~100 lines for ``fit``) above a parse error; here the error alone."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if not self.exit_on_error or os.environ.get("LIT_QSUM_DEBUG"):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        print(f"lit-qsum: error: {message.strip()}\n(`{prog} --help` lists every flag)", file=sys.stderr)
+        sys.exit(2)
+
+
 class LitQsumCLI(LightningCLI):
     """LightningCLI wired for summarization: tokenizer and task shared by model and data, adapter checkpoints."""
 
@@ -53,6 +72,8 @@ class LitQsumCLI(LightningCLI):
             SummarizationModule,
             SummarizationDataModule,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": MAIN_HELP},
+            parser_class=_Parser,
             trainer_defaults={"use_distributed_sampler": False},
             args=args,
             run=run,

@@ -389,6 +389,26 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             scheduler = self.lr_schedulers()  # the LR in force came from the old length (same value if unchanged)
             for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
                 group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
+        rank_zero_info(self._run_summary())
+
+    def _run_summary(self) -> str:
+        """One line at the start of training: the effective batch, the length of the run, where outputs go."""
+        trainer = self.trainer
+        parts = []
+        batch = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if batch:
+            per_step = batch * self.accumulate_grad_batches * trainer.world_size
+            parts.append(f"batch {batch} x {self.accumulate_grad_batches} accumulated x {trainer.world_size} "
+                         f"device(s) = {per_step} samples per optimizer step")
+        steps = self._estimated_optimizer_steps()
+        if math.isfinite(steps):
+            parts.append(f"{int(steps):,} optimizer steps")
+        folders = sorted({cb.dirpath for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
+        if folders:
+            parts.append("checkpoints -> " + ", ".join(folders))
+        if trainer.logger is not None and trainer.logger.log_dir:
+            parts.append(f"logs -> {trainer.logger.log_dir}")
+        return "run: " + "; ".join(parts)
 
     @override
     def on_fit_end(self) -> None:

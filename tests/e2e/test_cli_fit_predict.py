@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -31,11 +32,28 @@ def fit_args(*extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("demo")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(work)
-        mp.setattr(sys, "argv", ["lit-qsum"])
-        main(fit_args())
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    lightning_log = logging.getLogger("lightning.pytorch")  # rank_zero_info's messages pass through it
+    lightning_log.addHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(work)
+            mp.setattr(sys, "argv", ["lit-qsum"])
+            main(fit_args())
+    finally:
+        lightning_log.removeHandler(handler)
+    (work / "fit.log").write_text("\n".join(lines), encoding="utf-8")
     return work / "outputs" / "demo"
+
+
+def test_fit_says_the_effective_batch_the_length_and_where_outputs_go(trained: Path) -> None:
+    log = (trained.parents[1] / "fit.log").read_text(encoding="utf-8").splitlines()
+    [summary] = [line for line in log if line.startswith("run: ")]
+    assert summary.startswith("run: batch 16 x 1 accumulated x 1 device(s) = 16 samples per optimizer step; "
+                              "6 optimizer steps; checkpoints -> "), summary
+    assert "outputs/demo/checkpoints" in summary and "logs -> outputs/demo/tensorboard/version_0" in summary
 
 
 def test_fit_writes_checkpoint_adapter_and_tensorboard_logs(trained: Path) -> None:
