@@ -18,10 +18,12 @@ from typing import Any
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
+from lit_qsum.callbacks.progress import SummarizationProgressBar
 from lit_qsum.checkpoint_io import AdapterCheckpointIO
 from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.distributed import close_process_group
@@ -128,14 +130,17 @@ class LitQsumCLI(LightningCLI):
         if getattr(self.datamodule, "task", None) in (None, "auto"):
             self.datamodule.task = self.model.resolve_task()
 
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Add the atomic adapter-writing CheckpointIO unless the config brings its own."""
-        plugins = kwargs.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        """Add the atomic adapter-writing CheckpointIO and the progress bar, unless the config brings its own."""
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AdapterCheckpointIO())
-        kwargs["plugins"] = plugins
-        return super().instantiate_trainer(**kwargs)
+        config["plugins"] = plugins
+        configured = list(config.get("callbacks") or []) + list(callbacks)
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            callbacks = [*callbacks, SummarizationProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def _plain(value: Any) -> Any:

@@ -31,3 +31,19 @@ def test_config_opens_with_its_launch_command(config: Path) -> None:
 
 def test_configs_exist() -> None:
     assert any(c.name == "demo.yaml" for c in CONFIGS)
+
+
+def test_a_checkpoint_io_in_the_config_is_kept(tmp_path, monkeypatch) -> None:
+    """lit-qsum adds its adapter-writing CheckpointIO only where the config names none (it used to replace them)."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from lit_qsum.checkpoint_io import AdapterCheckpointIO
+    from lit_qsum.cli import LitQsumCLI
+
+    monkeypatch.chdir(tmp_path)
+    demo = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+    cli = LitQsumCLI(args=["--config", demo, "--trainer.logger", "false"], run=False)
+    assert type(cli.trainer.strategy.checkpoint_io) is AdapterCheckpointIO
+    cli = LitQsumCLI(args=["--config", demo, "--trainer.logger", "false", "--trainer.plugins",
+                           '{"class_path": "lightning.pytorch.plugins.io.TorchCheckpointIO"}'], run=False)
+    assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO
