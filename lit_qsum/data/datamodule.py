@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_qsum.data.collate import CausalCollator, Seq2SeqCollator, WithRecordFields
 from lit_qsum.data.features import TruncationStats, causal_features, feature_length, seq2seq_features
-from lit_qsum.data.formats import ColumnMap, Record, load_records
+from lit_qsum.data.formats import ColumnMap, DataFormatError, Record, load_records
 from lit_qsum.data.length_grouped_sampler import (
     LengthGroupedBatchSampler,
     LongestBatchSampler,
@@ -214,7 +214,10 @@ class SummarizationDataModule(LightningDataModule):
     def _load(self, split: SplitName) -> _Split:
         source, hf_split = self.source(split)
         with_labels = split != "predict"
-        records = load_records(source, self.columns, require_summary=with_labels, split=hf_split)
+        try:
+            records = load_records(source, self.columns, require_summary=with_labels, split=hf_split)
+        except DataFormatError as err:
+            raise DataFormatError(f"{self._flag_of(split)}: {err}") from err
         limit = self.max_train_samples if split == "train" else self.max_eval_samples
         records = records[:limit] if limit is not None else records
         if self.task == "seq2seq":
@@ -233,6 +236,14 @@ class SummarizationDataModule(LightningDataModule):
         else:
             rank_zero_info(stats.message(split))
         return _Split(records, features, [feature_length(f) for f in features])
+
+    def _flag_of(self, split: SplitName) -> str:
+        """The flag that chose this split's data, for error messages."""
+        if self.paths[split]:
+            return f"--data.{split}_path"
+        if split == "test" and self.paths["val"]:
+            return "--data.val_path"
+        return "--data.hf_dataset" if self.hf_dataset is not None else f"--data.{split}_path (bundled data)"
 
     def _split(self, split: SplitName) -> _Split:
         if split not in self._splits:
