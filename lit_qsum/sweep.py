@@ -272,6 +272,9 @@ def format_table(results: list[RankResult], metric: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     best = best_rank(results, metric)
     verdict = f"best rank by {metric}: {best.rank} ({best.metrics[metric]:.4f})" if best else f"no run reported {metric}"
+    scored = {r.metrics[metric] for r in results if math.isfinite(r.metrics.get(metric, math.nan))}
+    if best and len(scored) == 1 and len(results) > 1:
+        verdict += " - every rank tied, so this is only the smallest; train longer (--max_steps) to tell them apart"
     memory = " / ".join(dict.fromkeys(r.memory_measure for r in results))
     notes = f"peak memory: {memory}; fit time: training steps and the final validation, not model building"
     return "\n".join([*lines, "", verdict, notes])

@@ -14,7 +14,7 @@ import yaml
 
 from lit_qsum.cli import main
 from lit_qsum.module import SummarizationModule
-from lit_qsum.sweep import RankResult, best_rank
+from lit_qsum.sweep import RankResult, best_rank, format_table
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -93,6 +93,13 @@ def test_best_rank_prefers_smaller_rank_on_ties_and_lower_loss() -> None:
     assert best_rank(runs, "val/rougeL").rank == 4
     assert best_rank(runs, "val/loss").rank == 8
     assert best_rank([RankResult(4)], "val/rougeL") is None
+
+
+def test_a_sweep_where_every_rank_ties_says_so() -> None:
+    tied = [RankResult(4, metrics={"val/rougeL": 0.0}), RankResult(8, metrics={"val/rougeL": 0.0})]
+    assert "every rank tied, so this is only the smallest" in format_table(tied, "val/rougeL")
+    apart = [RankResult(4, metrics={"val/rougeL": 0.1}), RankResult(8, metrics={"val/rougeL": 0.2})]
+    assert "tied" not in format_table(apart, "val/rougeL")
 
 
 def test_a_rank_that_runs_out_of_memory_is_recorded_and_the_sweep_goes_on(
