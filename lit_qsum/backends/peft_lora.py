@@ -28,7 +28,11 @@ def lora_config(lora: LoraSettings, model: PreTrainedModel, task: str) -> LoraCo
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Non-reentrant checkpointing: works with frozen 4-bit inputs without ``enable_input_require_grads``."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x; the old name warns there
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
 
 
