@@ -9,6 +9,7 @@ one ``lit-qsum: error: ...`` line, not a traceback (set ``LIT_QSUM_DEBUG=1`` for
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -41,6 +42,17 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
 # SortedEvalBatchSampler returns every index once (tests/data check it), which Lightning can't see for itself
 warnings.filterwarnings("ignore", message="You are using a custom batch sampler `SortedEvalBatchSampler`")
+
+
+class _NoAdvertisements(logging.Filter):
+    """Lightning advertises its cloud services on every fit ("💡 Tip: ... litlogger/litmodels"); not our users' concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+for _handler in logging.getLogger("lightning.pytorch").handlers:  # where rank_zero_info's lines are written
+    _handler.addFilter(_NoAdvertisements())
 
 
 def _data_tokenizer(tokenizer: str | None, model_name_or_path: str | None) -> str:

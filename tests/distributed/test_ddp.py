@@ -41,6 +41,7 @@ def run(cwd: Path, command: str, *args: str, **env: str) -> subprocess.Completed
     done = subprocess.run([sys.executable, str(HERE / "run_cli.py"), command, *CONFIG, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "💡 Tip" not in done.stderr + done.stdout  # Lightning's cloud advertisements are filtered out
     return done
 
 
