@@ -201,18 +201,25 @@ class ManualSteps:
             self.nonfinite_in_a_row = 0
             if self.syncs_gradients_per_step:
                 grad_sync.all_reduce_grads(self._trainable())
-            if self.gradient_clip_val and self.sharded:
-                # whole, identical gradients on every rank, which Lightning's FSDP precision plugin won't clip by norm
-                torch.nn.utils.clip_grad_norm_(self._trainable(), self.gradient_clip_val)
-            elif self.gradient_clip_val:
-                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-            optimizer.step()
+            optimizer.step()  # clips in on_before_optimizer_step, once 16-mixed's scaler has unscaled the gradients
             optimizer.zero_grad(set_to_none=True)
             scheduler = self.lr_schedulers()
             if scheduler is not None:
                 scheduler.step()
         if smallest is not None:
             self._adopt_micro_batch(smallest)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip by norm here, inside ``optimizer.step()``: Lightning's precision plugin calls this hook after a 16-mixed
+        GradScaler has unscaled the gradients. Clipping before ``step()``, as Lightning's manual-optimization docs
+        show, clips the loss-scaled gradients (Lightning issue #18089), which shrinks every step by the scale."""
+        if not self.gradient_clip_val:
+            return
+        if self.sharded:
+            # whole, identical gradients on every rank, which Lightning's FSDP precision plugin won't clip by norm
+            torch.nn.utils.clip_grad_norm_(self._trainable(), self.gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def _agree_on_step(self) -> tuple[int, int | None]:
         """(NaN/Inf losses in the step, max over ranks; the smallest micro-batch a rank fell back to, if any).

@@ -64,3 +64,34 @@ def test_one_nan_micro_batch_skips_its_whole_step_and_is_read_once_per_step(monk
     assert trainer.global_step == 4
     assert reads["n"] == 5  # once per optimizer step (4 taken + 1 skipped), not once per micro-batch (10)
     assert all(torch.isfinite(p).all() for p in module.model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "32-true"])
+def test_gradient_clipping_sees_unscaled_gradients(tmp_path, precision) -> None:
+    """One SGD step (lr 1) with the norm clipped to 1e-4 moves the LoRA weights by exactly 1e-4, also under 16-mixed,
+    whose GradScaler multiplies the gradients by 2**16 until it unscales them inside optimizer.step()."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    bart = {"model_type": "bart", "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+            "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 1024,
+            "dropout": 0.0}  # not T5: lit-qsum refuses float16 for the T5 family
+    module = SummarizationModule(model_config=bart, tokenizer="lit_qsum:demo", backend="lora", gradient_clip_val=1e-4,
+                                 optimizer=lambda params: torch.optim.SGD(params, lr=1.0), scheduler=None,
+                                 lr_decay="constant", warmup_ratio=0.0)
+    data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=8, max_eval_samples=4)
+    # on a CPU Lightning turns precision="16-mixed" into bf16; the plugin given whole keeps float16 and its scaler
+    plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))] \
+        if precision == "16-mixed" else []
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, plugins=plugins)
+    before: dict[str, torch.Tensor] = {}
+
+    class Snapshot(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            before.update({n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad})
+
+    trainer.callbacks.append(Snapshot())
+    trainer.fit(module, data)
+    after = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+    moved = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(after[n] - before[n]) for n in before]))
+    assert moved == pytest.approx(1e-4, rel=1e-3)  # the gradient norm is ~0.009: the clip is what bounds the step
