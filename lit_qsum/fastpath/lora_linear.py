@@ -22,6 +22,7 @@ adapter weights, saving, merging and loading.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -132,16 +133,21 @@ def _is_linear4bit(module: torch.nn.Module) -> bool:
     return isinstance(module, Linear4bit)
 
 
-def _fused_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    plan: _Plan = self._lit_qsum_plan
-    if (
+def _use_peft(layer: torch.nn.Module, plan: _Plan, args: tuple, kwargs: dict) -> bool:
+    """Calls the fast forwards leave to peft's own: extra arguments, adapters disabled, merged or switched."""
+    return bool(
         args
         or kwargs
-        or self._disable_adapters
-        or self.merged_adapters
-        or self._active_adapter not in (plan.adapter, [plan.adapter])
-    ):
-        return type(self).forward(self, x, *args, **kwargs)  # peft's own
+        or layer._disable_adapters
+        or layer.merged_adapters
+        or layer._active_adapter not in (plan.adapter, [plan.adapter])
+    )
+
+
+def _fused_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    plan: _Plan = self._lit_qsum_plan
+    if _use_peft(self, plan, args, kwargs):
+        return type(self).forward(self, x, *args, **kwargs)
     base = plan.base
     device_type = x.device.type
     autocast = torch.is_autocast_enabled(device_type)
@@ -206,13 +212,15 @@ def fuse_lora_layers(model: torch.nn.Module, *, keep_weight: bool, dequant: str 
     return fused, skipped
 
 
-def unfuse_lora_layers(model: torch.nn.Module) -> int:
-    """Give every fused layer its peft forward back."""
+def unfuse_lora_layers(model: torch.nn.Module, where: Callable[[torch.nn.Module], bool] | None = None) -> int:
+    """Give fused layers (those ``where`` accepts; default all) their peft forward back; returns how many."""
     restored = 0
     for module in model.modules():
-        if module.__dict__.pop("_lit_qsum_plan", None) is not None:
-            module.__dict__.pop("forward", None)
-            restored += 1
+        if "_lit_qsum_plan" not in module.__dict__ or (where is not None and not where(module)):
+            continue
+        for name in ("_lit_qsum_plan", "forward", "merge", "unmerge"):
+            module.__dict__.pop(name, None)
+        restored += 1
     return restored
 
 
@@ -246,7 +254,7 @@ class QuantTensors(torch.nn.Module):
 def _traceable_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """Plain differentiable ops (a compiler derives and fuses the backward); same arithmetic as ``FusedLoraLinear``."""
     plan: _Plan = self._lit_qsum_plan
-    if args or kwargs or self._disable_adapters or self.merged_adapters:
+    if _use_peft(self, plan, args, kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     base = plan.base
     device_type = x.device.type
@@ -274,8 +282,24 @@ def make_traceable(model: torch.nn.Module) -> int:
         plan = module.__dict__.get("_lit_qsum_plan")
         if plan is None:
             continue
-        if plan.four_bit and not hasattr(plan.base, "lq_quant"):
-            plan.base.lq_quant = QuantTensors(quant_state_of(plan.base))
+        if plan.four_bit:
+            if not hasattr(plan.base, "lq_quant"):
+                plan.base.lq_quant = QuantTensors(quant_state_of(plan.base))
+            # peft's merge and unmerge re-quantize the base: new packed bytes under a new quant state
+            module.merge = _requantizing(module.merge, plan)
+            module.unmerge = _requantizing(module.unmerge, plan)
         module.forward = types.MethodType(_traceable_forward, module)
         switched += 1
     return switched
+
+
+def _requantizing(method: Callable[..., Any], plan: _Plan) -> Callable[..., Any]:
+    """``method``, then the base's quantization constants copied again (the traceable forward reads them)."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = method(*args, **kwargs)
+        plan.base.lq_quant = QuantTensors(quant_state_of(plan.base))
+        return result
+
+    return call

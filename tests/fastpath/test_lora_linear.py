@@ -143,6 +143,38 @@ def test_disabled_or_merged_adapters_fall_back_to_peft() -> None:
     assert not torch.allclose(with_adapter, base)
 
 
+def _peft_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The loss through peft's own forwards (the patched ones set aside for the call)."""
+    saved = {m: m.__dict__.pop("forward") for m in list(model.modules()) if "_lit_qsum_plan" in m.__dict__}
+    try:
+        return model(**batch).loss
+    finally:
+        for module, forward in saved.items():
+            module.forward = forward
+
+
+@pytest.mark.parametrize("traceable", [False, True])
+def test_fast_forwards_follow_merge_unmerge_and_a_switched_adapter(traceable: bool) -> None:
+    from peft import LoraConfig
+
+    from lit_qsum.fastpath.lora_linear import make_traceable
+
+    _, model = _loaded("t5", "qlora", False, 0.0)
+    model.eval()
+    batch = _batch("t5", model.config.vocab_size)
+    fuse_lora_layers(model, keep_weight=False)
+    if traceable:
+        make_traceable(model)
+    with torch.no_grad():
+        model.base_model.merge_adapter()  # peft re-quantizes the 4-bit base, twice
+        model.base_model.unmerge_adapter()
+        torch.testing.assert_close(model(**batch).loss, _peft_loss(model, batch))
+        config = model.peft_config["default"]
+        model.add_adapter("other", LoraConfig(r=4, target_modules=config.target_modules, init_lora_weights=False))
+        model.set_adapter("other")  # fused for "default" only: "other" must run through peft
+        torch.testing.assert_close(model(**batch).loss, _peft_loss(model, batch))
+
+
 @pytest.mark.parametrize(("arch", "backend"), [("t5", "qlora"), ("bart", "qlora"), ("t5", "lora")])
 def test_traceable_layers_give_peft_loss_and_lora_gradients(arch: str, backend: str) -> None:
     """The plain-ops forward that torch.compile traces (quantization constants as buffers), run eagerly."""
