@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.optim import Optimizer
@@ -40,6 +41,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lit_qsum.errors import UserInputError
+from lit_qsum.fastpath.lora_linear import unfuse_lora_layers
 
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
@@ -94,6 +96,9 @@ class QLoraFSDPStrategy(FSDPStrategy):
             ignored_states=trainable,
             **kwargs,
         )
+        unfused = unfuse_own_units(model.model)
+        if unfused:
+            rank_zero_info(f"FSDP: {unfused} LoRA layer(s) whose base is an FSDP unit of its own run through peft, unfused")
         # FSDP moves only what it wraps; the module's metrics (ROUGE sums) must be on the device for their all-reduce
         for metric in (m for m in model.modules() if isinstance(m, Metric)):
             metric.to(self.root_device)
@@ -129,6 +134,16 @@ def no_split_modules(model: nn.Module) -> set[str]:
     for module in model.modules():
         names.update(getattr(module, "_no_split_modules", None) or ())
     return names
+
+
+def unfuse_own_units(model: nn.Module) -> int:
+    """Give peft's forward back to fused LoRA layers whose base is an FSDP unit of its own; returns how many.
+
+    ``qlora_auto_wrap_policy`` makes an odd-dtype frozen leaf (T5's float32 ``wo``) its own unit. Such a layer must
+    call that unit, which gathers its shards first; the fused forward reads the base weight directly, which outside
+    the unit's forward is this rank's flat shard.
+    """
+    return unfuse_lora_layers(model, where=lambda layer: isinstance(getattr(layer, "base_layer", None), FSDP))
 
 
 def qlora_auto_wrap_policy(
