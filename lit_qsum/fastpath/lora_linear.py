@@ -144,26 +144,25 @@ def _use_peft(layer: torch.nn.Module, plan: _Plan, args: tuple, kwargs: dict) ->
     )
 
 
+def _dtypes(plan: _Plan, x: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(compute dtype, output dtype) of a call, as peft's layer over this base gives them; both forwards use it."""
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    if plan.four_bit:  # bitsandbytes computes in compute_dtype (else the input's) and returns the promoted dtype
+        dtype = torch.get_autocast_dtype(device_type) if autocast else (plan.base.compute_dtype or x.dtype)
+        return dtype, torch.promote_types(x.dtype, dtype)
+    dtype = torch.get_autocast_dtype(device_type) if autocast else plan.base.weight.dtype
+    return dtype, dtype
+
+
 def _fused_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     plan: _Plan = self._lit_qsum_plan
     if _use_peft(self, plan, args, kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     base = plan.base
-    device_type = x.device.type
-    autocast = torch.is_autocast_enabled(device_type)
-    state = None
-    if plan.four_bit:
-        state = quant_state_of(base)
-        if autocast:
-            dtype = torch.get_autocast_dtype(device_type)
-        else:
-            dtype = base.compute_dtype or x.dtype
-        out_dtype = torch.promote_types(x.dtype, dtype)
-        weight = base.weight.data
-    else:
-        weight = base.weight
-        dtype = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
-        out_dtype = dtype
+    dtype, out_dtype = _dtypes(plan, x)
+    state = quant_state_of(base) if plan.four_bit else None
+    weight = base.weight.data if plan.four_bit else base.weight
     dropout = plan.dropout
     p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
     keep = plan.keep_weight and torch.is_grad_enabled()
@@ -257,16 +256,8 @@ def _traceable_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwa
     if _use_peft(self, plan, args, kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     base = plan.base
-    device_type = x.device.type
-    autocast = torch.is_autocast_enabled(device_type)
-    if plan.four_bit:
-        dtype = torch.get_autocast_dtype(device_type) if autocast else (base.compute_dtype or x.dtype)
-        out_dtype = torch.promote_types(x.dtype, dtype)
-        weight = base.lq_quant.dequantize(base.weight.data, dtype)
-    else:
-        dtype = torch.get_autocast_dtype(device_type) if autocast else base.weight.dtype
-        out_dtype = dtype
-        weight = base.weight.to(dtype)
+    dtype, out_dtype = _dtypes(plan, x)
+    weight = base.lq_quant.dequantize(base.weight.data, dtype) if plan.four_bit else base.weight.to(dtype)
     x = x.to(dtype)
     dropout = plan.dropout
     down = torch.nn.functional.linear(dropout(x), plan.lora_a.to(dtype))
