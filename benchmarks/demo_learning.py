@@ -1,6 +1,6 @@
 """Run the offline demo as a user would, time it, and record whether it learned.
 
-  python benchmarks/demo_learning.py        # writes benchmarks/results/<date>-demo-learning.{md,json}
+  python benchmarks/demo_learning.py        # writes benchmarks/results/<date>-demo-learning[-N].{md,json}
 
 Runs ``lit-qsum fit --config configs/demo.yaml`` in a fresh temp folder (so nothing is cached but the
 random-init base), reads validation ROUGE from its TensorBoard log and reports the wall time.
@@ -47,20 +47,24 @@ def main() -> None:
         "train_loss_first_last": [scalars["train/loss"]["first"], scalars["train/loss"]["last"]],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{date}-demo-learning.json").write_text(json.dumps(record, indent=1))
+    stem = next(RESULTS / f"{date}-demo-learning{suffix}" for suffix in ["", *(f"-{i}" for i in range(2, 100))]
+                if not (RESULTS / f"{date}-demo-learning{suffix}.json").exists())  # a rerun adds a file, never replaces
+    record["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                      text=True).stdout.strip() or None
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     rows = ["| step | val/rouge1 | val/rouge2 | val/rougeL | val/loss |", "|---|---|---|---|---|"]
     for i, (step, rl) in enumerate(curve["val/rougeL"]):
         rows.append(f"| {step} | {curve['val/rouge1'][i][1]} | {curve['val/rouge2'][i][1]} | {rl} | {curve['val/loss'][i][1]} |")
     md = [
         "# Offline demo: does it learn, and how long does it take?", "",
-        f"- date: {date}; machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}",
+        f"- date: {date}; commit: {record['commit']}; machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}",
         "- command: `lit-qsum fit --config configs/demo.yaml` (recorded by `python benchmarks/demo_learning.py`)",
         f"- wall time, process start to exit: **{wall:.0f} s**",
         "- data: bundled synthetic dialogues (2000 train, 100 held-out dev, Korean and English); tiny random-init T5 "
         "(d_model 128, 2+2 layers), LoRA r32, demo BPE tokenizer; greedy decoding, default ROUGE tokenizer", "",
         *rows, "",
     ]
-    (RESULTS / f"{date}-demo-learning.md").write_text("\n".join(md))
+    stem.with_suffix(".md").write_text("\n".join(md))
     print("\n".join(md))
     shutil.rmtree(work, ignore_errors=True)
 
