@@ -170,7 +170,8 @@ def materialize(shape: dict) -> None:
     from lit_qsum.backends.loader import ModelSpec, resolve_checkpoint  # noqa: PLC0415
     from lit_qsum.data.tokenizer import load_tokenizer  # noqa: PLC0415
 
-    resolve_checkpoint(ModelSpec(model_config=shape, tokenizer="lit_qsum:demo"), load_tokenizer("lit_qsum:demo"))
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else None  # the ranks draw on their GPU too
+    resolve_checkpoint(ModelSpec(model_config=shape, tokenizer="lit_qsum:demo"), load_tokenizer("lit_qsum:demo"), device)
 
 
 def write_long_dialogues(path: Path, rows: int) -> Path:

@@ -6,7 +6,11 @@
 
 Both tools train the same random-init weights (one folder per shape, loaded with ``from_pretrained``) on
 the same seeded synthetic token ids: encoder lengths lognormal around 270 tokens (cap 512), summaries
-around 49 (cap 200), one epoch = warm-up + timed steps. Settings match: NF4 + double quant, bf16,
+around 49 (cap 200). One epoch is ``--steps`` batches; the warm-up (default: one whole epoch) runs first,
+so the timed window sees batch shapes the warm-up has seen (what a long run looks like once each shape's
+one-off costs, a CUDA-graph capture or a compile, are paid; those costs are reported on their own).
+``--profile-steps`` more steps then run under torch.profiler for each tool's GPU kernel time per
+non-pad token (the figure for GPU-bound cards). Settings match: NF4 + double quant, bf16,
 LoRA r16/alpha 32/dropout 0.05 on every attention and FFN linear, gradient checkpointing, micro-batch 16,
 length-grouped batches, lr 2e-4, gradient clipping 1.0.
 
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
             runs += [("lit-qsum", v) for v in args.lit_variants.values()] if "lit-qsum" in args.tools else []
             for tool, variant in runs:
                 spec = {**info, "tool": tool, "variant": variant, "warmup": args.warmup, "steps": args.steps,
-                        "micro_batch": args.micro_batch, "seed": args.seed, "smoke": args.smoke, "date": date}
+                        "profile_steps": args.profile_steps, "micro_batch": args.micro_batch, "seed": args.seed,
+                        "smoke": args.smoke, "date": date}
                 records.append(launch_worker(spec, Path(tmp), args.worker_timeout))
                 # what has finished so far survives a parent killed by an outer time limit
                 stem.with_suffix(".partial.json").write_text(json.dumps(records, indent=1))
@@ -120,8 +125,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", help="default: kobart bart-large t5-large (--smoke: tiny-t5 tiny-bart)")
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
-    parser.add_argument("--warmup", type=int, default=5, help="optimizer steps before the timed window")
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, help="optimizer steps before the timed window (default: --steps, one epoch)")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps (one epoch of the data)")
+    parser.add_argument("--profile-steps", type=int, default=2, help="steps after the window under torch.profiler "
+                        "(GPU kernel time per token; 0: none)")
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--lit-variant", action="append", default=[], metavar="NAME=JSON",
                         help='lit-qsum settings to measure, e.g. pad64=\'{"data": {"pad_to_multiple_of": 64}}\' '
@@ -135,8 +142,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.worker:
         return args
-    if args.warmup < 1 or args.steps < 1 or args.micro_batch < 1:
-        parser.error("--warmup, --steps and --micro-batch must be >= 1 (the first step warms allocators up)")
+    args.warmup = args.steps if args.warmup is None else args.warmup
+    if args.warmup < 1 or args.steps < 1 or args.micro_batch < 1 or args.profile_steps < 0:
+        parser.error("--warmup, --steps and --micro-batch must be >= 1 (the first step warms allocators up), "
+                     "--profile-steps >= 0")
     known = seq2seq_shapes()
     args.shapes = args.shapes or list(SMOKE_SHAPES if args.smoke else ("kobart", "bart-large", "t5-large"))
     if unknown := [s for s in args.shapes if s not in known]:
@@ -190,10 +199,10 @@ def prepare_shape(shape: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
 
     tokenizer = load_tokenizer("lit_qsum:demo")
     config = config_from_dict(seq2seq_shapes()[shape], tokenizer)
-    model_path = materialize_random_init(config, args.seed, tokenizer)
+    model_path = materialize_random_init(config, args.seed, tokenizer, device=None if args.smoke else torch.device("cuda", 0))
     with torch.device("meta"):
         num_params = sum(p.numel() for p in AutoModelForSeq2SeqLM.from_config(config).parameters())
-    n = args.micro_batch * (args.warmup + args.steps)  # one epoch is the whole run; no tool drops a batch
+    n = args.micro_batch * args.steps  # one epoch is the timed window; full batches only, so no tool drops one
     samples = synthetic_samples(n, config.vocab_size, tokenizer.eos_token_id,
                                 SMOKE_LENGTHS if args.smoke else LENGTHS, args.seed)
     data_path = tmp / f"{shape}-data.pt"
@@ -264,7 +273,8 @@ def write_results(stem: Path, records: list[dict[str, Any]], args: argparse.Name
         f"- command: `python benchmarks/speed.py {shlex.join(sys.argv[1:])}`",
         f"- card: {gpu}; date: {records[0]['date'] if records else ''}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"- micro-batch {args.micro_batch}, {args.warmup} warm-up + {args.steps} timed optimizer steps per run, seed "
+        f"- micro-batch {args.micro_batch}, {args.warmup} warm-up + {args.steps} timed + {args.profile_steps} profiled "
+        "optimizer steps per run (one epoch = the timed steps), seed "
         f"{args.seed}; synthetic ids, encoder lengths lognormal median {lengths['encoder'].median} (cap "
         f"{lengths['encoder'].cap}), decoder median {lengths['decoder'].median} (cap {lengths['decoder'].cap})",
         "- both: NF4 + double quant, " + ("fp32 on CPU (smoke)" if args.smoke else "bf16")
@@ -273,6 +283,9 @@ def write_results(stem: Path, records: list[dict[str, Any]], args: argparse.Name
         + ("adamw_torch" if args.smoke else "paged_adamw_8bit") + ", group_by_length); "
         "lit-qsum = SummarizationModule(backend=qlora) + Lightning (AdamW, LengthGroupedBatchSampler)",
         f"- lit-qsum variants: {variants}",
+        "- GPU µs / token: CUDA kernel time over the profiled steps after the window / their non-pad tokens; GPU busy: "
+        "that kernel time / the profiled steps' wall time (profiler on); graph captures happen in the warm-up, and a "
+        "CUDA graph's memory is in its own pool, counted by peak reserved, not by peak allocated",
         "- tokens/s: non-pad encoder + label tokens of the timed steps / their wall time; "
         "MFU = tokens/s * 6N / peak bf16 dense FLOP/s, N = all parameters of the full-precision model; "
         "non-pad share: non-pad / padded tokens of the timed batches (each tool groups lengths its own way)", "",
@@ -281,17 +294,22 @@ def write_results(stem: Path, records: list[dict[str, Any]], args: argparse.Name
         rows = [r for r in records if r["shape"] == shape]
         hf = next((r["tokens_per_s"] for r in rows if r["tool"] == "hf" and r["tokens_per_s"]), None)
         lines += [f"## {shape} ({rows[0]['num_params']:,} parameters)" if rows else f"## {shape}", "",
-                  "| tool | variant | tokens/s | vs hf | step time s | peak allocated GiB | peak reserved GiB | MFU "
-                  "| non-pad share |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| tool | variant | tokens/s | vs hf | step time s | GPU µs / token | GPU busy | peak allocated GiB "
+                  "| peak reserved GiB | MFU | non-pad share | first step s | graphs (captures, s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["error"]:
-                lines.append(f"| {r['tool']} | {r['variant']} | error: {r['error'][:120]} | | | | | | |")
+                lines.append(f"| {r['tool']} | {r['variant']} | error: {r['error'][:120]} |" + " |" * 10)
                 continue
             ratio = f"{r['tokens_per_s'] / hf:.3f}" if hf else "-"
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-            cells = [r["tool"], r["variant"], f"{r['tokens_per_s']:,.0f}", ratio, f"{r['step_time_s']:.3f}",
+            gpu_us = "-" if r.get("gpu_time_per_token_us") is None else f"{r['gpu_time_per_token_us']:.1f}"
+            busy = "-" if r.get("gpu_busy_share") is None else f"{100 * r['gpu_busy_share']:.0f}%"
+            graphs = "-" if r.get("graph_captures") is None else f"{r['graph_captures']}, {r['graph_capture_s']:.1f}"
+            first = "-" if r.get("first_step_s") is None else f"{r['first_step_s']:.1f}"
+            cells = [r["tool"], r["variant"], f"{r['tokens_per_s']:,.0f}", ratio, f"{r['step_time_s']:.3f}", gpu_us, busy,
                      _cell(r["peak_allocated_gib"]), _cell(r["peak_reserved_gib"]), mfu,
-                     f"{r['non_pad_share']:.3f}"]
+                     f"{r['non_pad_share']:.3f}", first, graphs]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"## loss check: eval-mode loss of the first {LOSS_CHECK_SAMPLES} samples before training "

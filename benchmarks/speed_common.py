@@ -26,7 +26,8 @@ def empty_record(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_allocated_gib": None, "peak_reserved_gib": None, "gpu": None, "date": spec["date"],
             "step_time_s": None, "first_step_s": None, "mfu": None, "loss_check": None,
             "micro_batch": spec["micro_batch"], "timed_steps": spec["steps"], "timed_tokens": None,
-            "non_pad_share": None,
+            "non_pad_share": None, "gpu_time_per_token_us": None, "gpu_busy_share": None, "graph_captures": None,
+            "graph_capture_s": None, "graph_replays": None,
             "num_params": spec["num_params"], "versions": None, "error": None}
 
 

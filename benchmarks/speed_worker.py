@@ -32,35 +32,48 @@ from lit_qsum.data.collate import IGNORE_INDEX, Seq2SeqCollator  # noqa: E402
 LEARNING_RATE = 2e-4
 # bf16 dense tensor-core peak, FLOP/s; matched by substring of torch.cuda.get_device_name(), first hit wins
 PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}
-PROFILE_STEPS = 2
-
-
 class StepWindow:
-    """Non-pad tokens and wall time of optimizer steps ``warmup + 1 .. warmup + steps``.
+    """Non-pad tokens and wall time of optimizer steps ``warmup + 1 .. warmup + steps``, then GPU kernel time of the
+    ``profile_steps`` after them.
 
-    Token counts accumulate as tensors where the batch lives (no per-step sync); the device is
-    synchronized only at the window's two ends and after the first step.
+    Token counts accumulate as tensors where the batch lives (no per-step sync); the device is synchronized
+    only at the window's two ends, around the profiled steps and after the first step. The profiled steps
+    run under torch.profiler (CUDA activity only, unless ``LIT_QSUM_SPEED_PROFILE=DIR`` asks for a CPU + CUDA
+    table in DIR), so their wall time is not part of tokens/s.
     """
 
-    def __init__(self, warmup: int, steps: int, cuda: bool) -> None:
-        self.warmup, self.steps, self.cuda = warmup, steps, cuda
+    def __init__(self, warmup: int, steps: int, cuda: bool, profile_steps: int = 0) -> None:
+        self.warmup, self.steps, self.cuda, self.profile_steps = warmup, steps, cuda, profile_steps
         self.tokens: torch.Tensor | None = None
+        self.profiled_tokens: torch.Tensor | None = None
         self.padded = 0
         self.start = self.first_step_s = self.t0 = self.t1 = None
+        self.profiler = None
+        self.profile: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}  # what a tool adds to its record (lit-qsum: its CUDA-graph counts)
 
     def _now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    @property
+    def last_step(self) -> int:
+        return self.warmup + self.steps + self.profile_steps
+
     def train_start(self) -> None:
         self.start = self._now()
 
-    def add(self, batch: dict[str, torch.Tensor]) -> None:
-        """Count a batch of the timed window."""
+    def add(self, batch: dict[str, torch.Tensor], step: int) -> None:
+        """Count the batch of optimizer step ``step`` (1-based) if it is timed or profiled."""
+        if step <= self.warmup:
+            return
         tokens = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
-        self.tokens = tokens if self.tokens is None else self.tokens + tokens
-        self.padded += batch["input_ids"].numel() + batch["labels"].numel()  # shapes are host-side: no sync
+        if step <= self.warmup + self.steps:
+            self.tokens = tokens if self.tokens is None else self.tokens + tokens
+            self.padded += batch["input_ids"].numel() + batch["labels"].numel()  # shapes are host-side: no sync
+        else:
+            self.profiled_tokens = tokens if self.profiled_tokens is None else self.profiled_tokens + tokens
 
     def step_end(self, step: int) -> None:
         """After optimizer step ``step`` (1-based)."""
@@ -68,37 +81,48 @@ class StepWindow:
             self.first_step_s = self._now() - self.start
         if step == self.warmup:
             self.t0 = self._now()
-            self._profile_start()
-        if step == self.warmup + PROFILE_STEPS:
-            self._profile_stop()
         if step == self.warmup + self.steps:
             self.t1 = self._now()
+            if self.profile_steps:
+                self._profile_start()
+        if self.profile_steps and step == self.last_step:
+            self._profile_stop()
 
-    # LIT_QSUM_SPEED_PROFILE=DIR: torch.profiler over the first PROFILE_STEPS timed steps (those runs' speed
-    # figures include the profiler's overhead: use them for where time goes, not for the results table)
     def _profile_start(self) -> None:
-        self.profiler = None
-        if os.environ.get("LIT_QSUM_SPEED_PROFILE"):
-            from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+        from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
-            self.profiler = profile(activities=activities)
-            self.profiler.__enter__()
+        table = bool(os.environ.get("LIT_QSUM_SPEED_PROFILE"))
+        activities = ([ProfilerActivity.CPU] if table or not self.cuda else []) + ([ProfilerActivity.CUDA] if self.cuda else [])
+        self.profiler = profile(activities=activities)
+        self.profiler.__enter__()
+        self._p0 = self._now()
 
     def _profile_stop(self) -> None:
-        if getattr(self, "profiler", None) is None:
+        if self.profiler is None:
             return
-        if self.cuda:
-            torch.cuda.synchronize()
+        wall = self._now() - self._p0
         self.profiler.__exit__(None, None, None)
-        events = self.profiler.key_averages()
-        out = Path(os.environ["LIT_QSUM_SPEED_PROFILE"])
-        out.mkdir(parents=True, exist_ok=True)
-        label = os.environ.get("LIT_QSUM_SPEED_PROFILE_LABEL", "run")
-        sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
-        text = [f"{PROFILE_STEPS} steps; {sum(e.count for e in events if e.key.startswith('cuda') and 'Launch' in e.key)} "
-                "kernel launches", events.table(sort_by=sort, row_limit=40), events.table(sort_by="self_cpu_time_total", row_limit=40)]
-        (out / f"profile-{label}.txt").write_text("\n".join(text))
+        from torch.autograd import DeviceType  # noqa: PLC0415
+
+        events = self.profiler.events()
+        kernel_us = sum(e.device_time for e in events if e.device_type == DeviceType.CUDA)
+        tokens = int(self.profiled_tokens) if self.profiled_tokens is not None else 0
+        self.profile = {
+            "gpu_time_per_token_us": kernel_us / tokens if self.cuda and tokens else None,
+            "gpu_busy_share": kernel_us / 1e6 / wall if self.cuda and wall > 0 else None,
+            "profiled_wall_s": wall,
+        }
+        if os.environ.get("LIT_QSUM_SPEED_PROFILE"):
+            averages = self.profiler.key_averages()
+            launches = sum(e.count for e in averages if "LaunchKernel" in e.key or "GraphLaunch" in e.key)
+            out = Path(os.environ["LIT_QSUM_SPEED_PROFILE"])
+            out.mkdir(parents=True, exist_ok=True)
+            label = os.environ.get("LIT_QSUM_SPEED_PROFILE_LABEL", "run")
+            sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
+            text = [f"{self.profile_steps} steps after the timed window; {launches} kernel/graph launches; "
+                    f"kernel time {kernel_us / 1e3:.1f} ms over {wall * 1e3:.1f} ms wall (CPU activity on)",
+                    averages.table(sort_by=sort, row_limit=40), averages.table(sort_by="self_cpu_time_total", row_limit=40)]
+            (out / f"profile-{label}.txt").write_text("\n".join(text))
         self.profiler = None
 
     def result(self) -> dict[str, Any]:
@@ -106,7 +130,9 @@ class StepWindow:
             raise RuntimeError(f"the timed window did not complete (start {self.t0}, end {self.t1})")
         seconds, tokens = self.t1 - self.t0, int(self.tokens)
         return {"tokens_per_s": tokens / seconds, "step_time_s": seconds / self.steps, "timed_tokens": tokens,
-                "non_pad_share": tokens / self.padded, "first_step_s": self.first_step_s}
+                "non_pad_share": tokens / self.padded, "first_step_s": self.first_step_s,
+                "gpu_time_per_token_us": self.profile.get("gpu_time_per_token_us"),
+                "gpu_busy_share": self.profile.get("gpu_busy_share")}
 
 
 def run_worker(spec_path: Path) -> None:
@@ -121,10 +147,11 @@ def run_worker(spec_path: Path) -> None:
         features = [{**s, "index": i} for i, s in enumerate(samples)]
         check = Seq2SeqCollator(spec["pad_token_id"], 8)(features[:LOSS_CHECK_SAMPLES])
         check = {k: check[k] for k in ("input_ids", "attention_mask", "labels")}
-        window = StepWindow(spec["warmup"], spec["steps"], cuda)
+        window = StepWindow(spec["warmup"], spec["steps"], cuda, spec.get("profile_steps", 0))
         train = train_hf if spec["tool"] == "hf" else train_lit_qsum
         eval_loss = train(spec, features, check, window)
-        record.update(window.result(), loss_check={"eval_loss": eval_loss, "rel_diff_vs_hf": None})
+        record.update(window.result(), **window.extra,
+                      loss_check={"eval_loss": eval_loss, "rel_diff_vs_hf": None})
         if cuda:
             record["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated())
             record["peak_reserved_gib"] = gib(torch.cuda.max_memory_reserved())
@@ -187,8 +214,7 @@ class TokenCountingSeq2SeqTrainer(Seq2SeqTrainer):
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        if self.state.global_step >= self.window.warmup:  # this batch is step global_step + 1
-            self.window.add(inputs)
+        self.window.add(inputs, self.state.global_step + 1)  # this batch is step global_step + 1
         return super().training_step(model, inputs, num_items_in_batch)
 
 
@@ -222,7 +248,7 @@ def train_hf(
 
     args = dict(output_dir=spec["result_path"] + ".trainer", per_device_train_batch_size=spec["micro_batch"],
                 bf16=not smoke, use_cpu=smoke, optim="adamw_torch" if smoke else "paged_adamw_8bit",
-                learning_rate=LEARNING_RATE, max_steps=spec["warmup"] + spec["steps"], logging_steps=10**6,
+                learning_rate=LEARNING_RATE, max_steps=window.last_step, logging_steps=10**6,
                 save_strategy="no", report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
                 seed=spec["seed"], disable_tqdm=True)
     # transformers 5 replaced group_by_length by train_sampling_strategy and renamed gradient_checkpointing
@@ -248,12 +274,15 @@ class LitStepTimer(Callback):
     """Loss check and peak reset once the model is built, then feeds optimizer steps to a ``StepWindow``.
 
     One loader batch is one optimizer step here (``accumulate_grad_batches`` 1), so steps are counted
-    by batch: a step the module skips for a non-finite loss still counts as time spent.
+    by batch, across epochs: a step the module skips for a non-finite loss still counts as time spent.
+    The module's CUDA-graph counts are read when the timed window closes.
     """
 
     def __init__(self, window: StepWindow, check: dict[str, torch.Tensor], autocast: bool) -> None:
         self.window, self.check, self.autocast = window, check, autocast
         self.eval_loss: float | None = None
+        self.batches = 0
+        self.graphs: dict[str, Any] = {}
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -266,9 +295,13 @@ class LitStepTimer(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if batch_idx + 1 > self.window.warmup:
-            self.window.add(batch)
-        self.window.step_end(batch_idx + 1)
+        self.batches += 1
+        self.window.add(batch, self.batches)
+        self.window.step_end(self.batches)
+        graphs = getattr(pl_module, "step_graphs", None)
+        if self.batches == self.window.warmup + self.window.steps and graphs is not None:
+            self.graphs = {"graph_captures": graphs.stats.captures, "graph_capture_s": graphs.stats.capture_s,
+                           "graph_replays": graphs.stats.replays, "graphs_off": graphs.off_reason}
 
 
 def train_lit_qsum(
@@ -293,12 +326,13 @@ def train_lit_qsum(
     timer = LitStepTimer(window, check, autocast=not smoke)
     trainer = L.Trainer(
         accelerator="cpu" if smoke else "gpu", devices=1, precision="32-true" if smoke else "bf16-mixed",
-        max_steps=spec["warmup"] + spec["steps"], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_steps=window.last_step, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False,
         callbacks=[timer], default_root_dir=spec["result_path"] + ".trainer",
     )
     trainer.fit(module, train_dataloaders=loader)
     assert timer.eval_loss is not None
+    window.extra = timer.graphs
     return timer.eval_loss
 
 

@@ -28,7 +28,8 @@ from lit_qsum import rng_state
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
-from lit_qsum.fastpath import apply_speedups, restore_speedups
+from lit_qsum.fastpath import apply_speedups, cuda_graphs, restore_speedups
+from lit_qsum.fastpath.optimizer import prefer_fused_adam
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings, SpeedSettings
 from lit_qsum.steps import ManualSteps
 
@@ -353,6 +354,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         if not params:
             raise UserInputError("no trainable parameters: check --model.lora.target_modules and --model.backend")
         optimizer = self.optimizer_factory(params)
+        if self.speed.fused_optimizer:
+            prefer_fused_adam(optimizer)
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
@@ -382,6 +385,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         # DDP, and FSDP for the adapter it leaves whole: gradients are averaged once per optimizer step, not in
         # backward (see lit_qsum.distributed.grad_sync)
         self._syncs_per_step = grad_sync.syncs_per_step(self.trainer.strategy.model) or self.sharded
+        self._setup_step_speed()
         # configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
         # OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run
         if self.scheduler_factory is None:
@@ -390,6 +394,30 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
                 group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
         rank_zero_info(self._run_summary())
+
+    def _setup_step_speed(self) -> None:
+        """The fast path's per-step pieces, now that the strategy, precision and any restored optimizer state are final."""
+        if self.speed.fused_optimizer:
+            for optimizer in self.trainer.optimizers:  # again after a resume: load_state_dict restored the saved flags
+                prefer_fused_adam(optimizer)
+        self.step_graphs = None
+        if not self.speed.cuda_graphs or self.loaded.decision.backend not in ("qlora", "lora"):
+            return
+        why_not = cuda_graphs.unsupported_reason(
+            device=self.device, precision=str(self.trainer.precision), sharded=self.sharded,
+            checkpointing=self.spec.gradient_checkpointing,
+        )
+        if why_not is not None:
+            if self.device.type == "cuda":
+                rank_zero_info(f"fast path: CUDA graphs off: {why_not}")
+            return
+        self.step_graphs = cuda_graphs.StepGraphs(self._loss, self._trainable(), log=rank_zero_info)
+
+    @override
+    def on_train_end(self) -> None:
+        if self.step_graphs is not None:
+            rank_zero_info(self.step_graphs.summary())
+            self.step_graphs = None  # their memory pool goes back for whatever runs next in this process
 
     def _run_summary(self) -> str:
         """One line at the start of training: the effective batch, the length of the run, where outputs go."""

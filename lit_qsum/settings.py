@@ -103,3 +103,12 @@ class SpeedSettings:
     compile: bool = False
     """torch.compile each transformer block for training (fused kernels, far less host time per layer);
     costs a one-off compile of a minute or two. Generation stays eager."""
+    cuda_graphs: bool = True
+    """Capture each batch shape's training step (forward + backward) as a CUDA graph and replay it: one host
+    call instead of ~10k kernel launches. Each new shape costs one capture (about one eager step), so pad
+    batches to few shapes (--data.pad_to_multiple_of 64). CUDA only; off under FSDP and 16-mixed."""
+    fused_optimizer: bool = True
+    """Run torch's Adam/AdamW as its fused CUDA kernel (one launch for every adapter tensor) unless the
+    optimizer's init_args choose foreach or fused themselves."""
+    contiguous_attention_bias: bool = True
+    """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel."""

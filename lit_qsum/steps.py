@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
+from lit_qsum.fastpath.cuda_graphs import StepGraphs
 
 _Result = TypeVar("_Result")
 
@@ -85,6 +86,7 @@ class ManualSteps:
         self.nonfinite_total = 0
         self._trainable_params: list[torch.nn.Parameter] | None = None
         self._syncs_per_step = False  # set at train start: under DDP the module averages gradients itself
+        self.step_graphs: StepGraphs | None = None  # set at train start where CUDA graphs can run the step
 
     def _label_tokens(self, batch: dict[str, Any]) -> int:
         """Label tokens the loss averages over (a causal LM never scores the first position)."""
@@ -141,16 +143,22 @@ class ManualSteps:
             shares = self._token_shares(batch, parts)
             return [loss for part, share in zip(parts, shares) for loss in self._backward_chunks(part, weight * share)]
         handler = self._oom_handler()
-        snapshot = self._grad_snapshot() if handler is not None and self._has_grads() else None
+        graphs = self.step_graphs
+        # a replay can't run out of memory (its memory was taken at capture) and a failed capture changes nothing
+        loss = None if graphs is None else graphs.forward_backward(batch, weight, self._local_backward)
+        snapshot = self._grad_snapshot() if loss is None and handler is not None and self._has_grads() else None
         try:
-            loss = self._loss(batch)
-            with grad_sync.local_backward(self.trainer.strategy.model):
-                self.manual_backward(loss * weight)
+            if loss is None:
+                loss = self._loss(batch)
+                with self._local_backward():
+                    self.manual_backward(loss * weight)
         except torch.cuda.OutOfMemoryError as err:
             if handler is None:
                 raise
             loss = None  # drop the failed step's activations before measuring what is free
             self._restore_grads(snapshot)
+            if graphs is not None:
+                graphs.reset()  # free the graphs' memory too; the smaller shapes are captured anew
             handler(self.trainer, self, size, err)
         else:
             if not self.syncs_gradients_per_step:
@@ -160,6 +168,9 @@ class ManualSteps:
             return [loss.detach()]
         # after an OOM: retried outside the except block, so the failed attempt's traceback no longer pins its tensors
         return self._backward_chunks(batch, weight)
+
+    def _local_backward(self):
+        return grad_sync.local_backward(self.trainer.strategy.model)
 
     def _chunk_limit(self) -> int | None:
         limits = [x for x in (self.micro_batch_limit, self.pending_micro_batch_limit) if x is not None]
@@ -194,15 +205,17 @@ class ManualSteps:
         self.micro_batches_done = 0
         nonfinite, smallest = self._agree_on_step()
         optimizer = self.optimizers()
+        # captured steps add into fixed gradient tensors: zero those in place instead of dropping them
+        set_to_none = self.step_graphs is None or not self.step_graphs.keeps_grads
         if nonfinite:
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=set_to_none)
             self._on_nonfinite_step(nonfinite)
         elif self.syncs_gradients_per_step or self.sharded or self._has_grads():
             self.nonfinite_in_a_row = 0
             if self.syncs_gradients_per_step:
                 grad_sync.all_reduce_grads(self._trainable())
             optimizer.step()  # clips in on_before_optimizer_step, once 16-mixed's scaler has unscaled the gradients
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=set_to_none)
             scheduler = self.lr_schedulers()
             if scheduler is not None:
                 scheduler.step()

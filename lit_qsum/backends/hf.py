@@ -86,15 +86,24 @@ def config_from_dict(model_config: dict, tokenizer: PreTrainedTokenizerBase) -> 
     return config
 
 
-def materialize_random_init(config: PretrainedConfig, seed: int, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
+def materialize_random_init(
+    config: PretrainedConfig,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device: torch.device | None = None,
+) -> Path:
     """Save a seeded random-init model (and its tokenizer) for ``config`` once, atomically; return its folder.
 
     The tokenizer goes in too, so the folder is a complete checkpoint that any loader (peft, unsloth,
     plain transformers) can open by path. Several processes of one machine (DDP/FSDP ranks) take turns
-    through a lock file: the first builds it, the others find it done.
+    through a lock file: the first builds it, the others find it done. On a CUDA ``device`` the weights
+    are drawn there (minutes faster for billion-parameter shapes); GPU and CPU draws differ, so each has
+    its own cache entry.
     """
+    on_gpu = device is not None and device.type == "cuda" and torch.cuda.is_available()
     key = hashlib.sha256(
-        json.dumps(config.to_dict(), sort_keys=True, default=str).encode() + f"|{seed}|{transformers.__version__}".encode()
+        json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
+        + f"|{seed}|{transformers.__version__}{'|cuda' if on_gpu else ''}".encode()
     ).hexdigest()[:16]
     target = cache_dir() / "random-init" / f"{config.model_type}-{key}"
     if (target / "config.json").exists():
@@ -105,9 +114,11 @@ def materialize_random_init(config: PretrainedConfig, seed: int, tokenizer: PreT
             return target
         task = task_of(config)
         auto = transformers.AutoModelForSeq2SeqLM if task == "seq2seq" else transformers.AutoModelForCausalLM
-        with torch.random.fork_rng(devices=[]):
+        index = (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
+        with torch.random.fork_rng(devices=[index] if on_gpu else []), torch.device(device if on_gpu else "cpu"):
             torch.manual_seed(seed)
             model = auto.from_config(config)
+        model = model.to("cpu")
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
         try:
             _save_checkpoint(model, tmp)

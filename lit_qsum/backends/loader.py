@@ -56,13 +56,14 @@ def tokenizer_spec(spec: ModelSpec) -> str:
     return name
 
 
-def resolve_checkpoint(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase):
-    """(path, config) of what ``from_pretrained`` loads; random-init models are saved to the cache first."""
+def resolve_checkpoint(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, device: torch.device | None = None):
+    """(path, config) of what ``from_pretrained`` loads; random-init models are saved to the cache first (drawn on
+    ``device`` where it is a GPU)."""
     if (spec.model_name_or_path is None) == (spec.model_config is None):
         raise UserInputError("set exactly one of --model.model_name_or_path and --model.model_config")
     if spec.model_config is not None:
         config = hf.config_from_dict(spec.model_config, tokenizer)
-        path = str(hf.materialize_random_init(config, spec.init_seed, tokenizer))
+        path = str(hf.materialize_random_init(config, spec.init_seed, tokenizer, device=device))
         return path, config
     config = hf.load_config(spec.model_name_or_path)
     return spec.model_name_or_path, config
@@ -73,7 +74,7 @@ def load_model(
 ) -> LoadedModel:
     """Probe, choose the backend, load the base (4-bit where chosen) and add LoRA."""
     tokenizer = load_tokenizer(tokenizer_spec(spec))
-    path, config = resolve_checkpoint(spec, tokenizer)
+    path, config = resolve_checkpoint(spec, tokenizer, device)
     task = hf.task_of(config)
     facts = facts or probe_environment(device.type)
     decision = choose_backend(

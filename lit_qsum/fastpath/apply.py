@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lit_qsum.fastpath.attention import contiguous_position_bias
 from lit_qsum.fastpath.lora_linear import fuse_lora_layers, make_traceable
 from lit_qsum.settings import SpeedSettings
 
@@ -20,6 +21,8 @@ def apply_speedups(
         fused, skipped = fuse_lora_layers(model, keep_weight=gradient_checkpointing, dequant=speed.dequant)
         left = ", ".join(f"{n} ({why})" for why, n in skipped.items())
         report.append(f"fast path: {fused} LoRA layers fused" + (f"; left to peft: {left}" if left else ""))
+    if speed.contiguous_attention_bias and (biased := contiguous_position_bias(model)):
+        report.append(f"fast path: {biased} T5 position biases laid out contiguously (fused SDPA attention)")
     if speed.compile and device.type != "cuda":
         report.append("fast path: speed.compile skipped: it pays on CUDA GPUs only (a CPU compile takes minutes)")
     elif speed.compile:

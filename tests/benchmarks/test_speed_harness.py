@@ -18,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SPEED = REPO / "benchmarks" / "speed.py"
 KEYS = {"shape", "tool", "variant", "tokens_per_s", "peak_allocated_gib", "peak_reserved_gib", "gpu", "date",
-        "step_time_s", "mfu", "loss_check", "micro_batch", "timed_steps", "versions", "error"}
+        "step_time_s", "mfu", "loss_check", "micro_batch", "timed_steps", "versions", "error", "gpu_time_per_token_us",
+        "gpu_busy_share", "graph_captures", "first_step_s"}
 
 
 def run_speed(*args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,254 @@
+"""CUDA graphs of the training step: each batch shape's forward + backward captured once, then replayed.
+
+A QLoRA step of a t5-large-shaped model launches ~12k small kernels, and issuing them from Python takes
+longer than the GPU needs to run them (issue #16's profile: the GPU busy ~145 ms of a ~810 ms step). A
+captured graph replays all of them with one host call. What a replay needs to compute the eager step:
+
+- fixed addresses: each shape gets its own input buffers (the batch is copied in), the loss weight is a
+  device scalar, and the trainable parameters' ``.grad`` tensors are allocated before the first capture
+  and from then on only zeroed in place, so the captured backward accumulates into them as an eager
+  backward does (autograd adds into an existing gradient in place);
+- no host reads inside the step: transformers reads the padding mask (``.all()``) to decide whether an
+  SDPA mask can be skipped; while capturing, the mask is always built (the same attention either way);
+- random numbers: dropout and activation checkpointing's RNG rewind use Philox offsets that a replay
+  advances as the eager ops would, so a replay draws what an eager step would from the same generator
+  state (checkpointing's rewind works under capture from torch 2.10 on);
+- one memory pool shared by all graphs (replays never overlap), so memory is that of the largest step.
+
+The first micro-batch runs eagerly (lazy initialisation: cuBLAS handles, autograd's device threads);
+each new shape is captured when it first appears, which costs about one eager step of host time. A
+capture that fails (an op that can't be captured, an OOM while capturing) turns graphs off for the run
+with one log line, and steps run eagerly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Batch = dict[str, Any]
+Key = tuple[tuple[str, tuple[int, ...]], ...]
+# what the training loss reads from a batch (SummarizationModule._loss)
+INPUT_KEYS = ("input_ids", "attention_mask", "labels")
+# transformers' helpers that read the padding mask on the host to skip building an SDPA mask
+_MASK_SKIP_HELPERS = ("_ignore_bidirectional_mask_sdpa", "_ignore_causal_mask_sdpa")
+
+
+@dataclass
+class GraphStats:
+    """What the graphs cost and did, for the log and the benchmarks."""
+
+    captures: int = 0
+    capture_s: float = 0.0
+    replays: int = 0
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    loss: torch.Tensor
+
+
+def unsupported_reason(*, device: torch.device, precision: str, sharded: bool, checkpointing: bool) -> str | None:
+    """Why graphs can't run this training setup (None when they can)."""
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if "16-mixed" in precision and "bf16" not in precision:
+        return "16-mixed's loss scaling changes between steps (use bf16-mixed)"
+    if sharded:
+        return "FSDP gathers weights inside the step"
+    if checkpointing and torch_version() < (2, 10):
+        return f"activation checkpointing under capture needs torch >= 2.10 (this is {torch.__version__})"
+    return None
+
+
+def torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+class StepGraphs:
+    """Captured forward + backward per batch shape; see the module docstring for what keeps them exact.
+
+    Args:
+        loss_fn: The training loss of a batch (reads ``INPUT_KEYS``).
+        params: The trainable parameters; their ``.grad`` tensors must stay the same objects between steps.
+        max_graphs: Shapes beyond this many run eagerly (each graph costs a capture; memory is shared).
+        log: Where the one-line messages go (capture costs, the reason graphs were switched off).
+    """
+
+    def __init__(
+        self,
+        loss_fn: Callable[[Batch], torch.Tensor],
+        params: Sequence[torch.nn.Parameter],
+        *,
+        max_graphs: int = 64,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.loss_fn = loss_fn
+        self.params = list(params)
+        self.max_graphs = max_graphs
+        self.log = log
+        self.stats = GraphStats()
+        self.off_reason: str | None = None
+        self._warm = False
+        self._graphs: dict[Key, _Captured] = {}
+        self._grads: list[torch.Tensor] | None = None
+        self._pool: Any = None
+        self._weight: torch.Tensor | None = None
+        self._full_logged = False
+
+    @property
+    def on(self) -> bool:
+        return self.off_reason is None
+
+    @property
+    def keeps_grads(self) -> bool:
+        """True once gradients are static buffers: zero them in place (``set_to_none=False``), never replace them."""
+        return self.on and self._grads is not None
+
+    def summary(self) -> str:
+        """One line: graphs captured, their one-off cost, replays."""
+        if not self.on:
+            return f"fast path: CUDA graphs were off ({self.off_reason})"
+        return (f"fast path: {self.stats.captures} step graph(s) captured in {self.stats.capture_s:.1f} s, "
+                f"replayed {self.stats.replays} times")
+
+    def reset(self) -> None:
+        """Drop every graph and its memory (after an OOM, or when gradients were replaced); capture again as needed."""
+        self._graphs.clear()
+        self._grads = None
+        self._pool = None
+
+    def turn_off(self, reason: str) -> None:
+        """Eager steps from now on; frees the graphs and their memory pool."""
+        if self.off_reason is None:
+            self.off_reason = reason
+            self.log(f"fast path: CUDA graphs off: {reason}; training steps run eagerly")
+        self.reset()
+
+    def forward_backward(
+        self, batch: Batch, weight: float, backward_context: Callable[[], contextlib.AbstractContextManager]
+    ) -> torch.Tensor | None:
+        """``loss_fn(batch)`` and the backward of ``loss * weight`` through the batch's graph.
+
+        Returns the loss (a graph-owned tensor: read it before the next call), or None when the caller must
+        run this micro-batch eagerly (graphs off, the warm-up step, too many shapes).
+        """
+        if not self.on:
+            return None
+        if not self._warm:
+            self._warm = True
+            return None
+        if self._grads is not None and not self._grads_intact():
+            # someone replaced or dropped a gradient (an OOM rollback, a batch-size finder): the graphs add into the
+            # old tensors, so start over from fresh buffers
+            self.reset()
+        key = tuple((name, tuple(batch[name].shape)) for name in INPUT_KEYS if name in batch)
+        captured = self._graphs.get(key)
+        if captured is None:
+            if len(self._graphs) >= self.max_graphs:
+                if not self._full_logged:
+                    self._full_logged = True
+                    self.log(f"fast path: {self.max_graphs} step graphs captured; further batch shapes run eagerly")
+                return None
+            captured = self._capture(key, batch, backward_context)
+            if captured is None:
+                return None
+        for name, buffer in captured.inputs.items():
+            buffer.copy_(batch[name], non_blocking=True)
+        assert self._weight is not None
+        self._weight.fill_(weight)
+        captured.graph.replay()
+        self.stats.replays += 1
+        return captured.loss
+
+    def _capture(
+        self, key: Key, batch: Batch, backward_context: Callable[[], contextlib.AbstractContextManager]
+    ) -> _Captured | None:
+        if self._grads is None:
+            self._grads = [self._static_grad(p) for p in self.params]
+        device = self.params[0].device
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+            self._weight = torch.ones((), dtype=torch.float32, device=device)
+        inputs = {name: batch[name].clone() for name, _ in key}
+        graph = torch.cuda.CUDAGraph()
+        started = time.perf_counter()
+        try:
+            with _same_autocast_without_cache(device.type), torch.cuda.graph(
+                graph, pool=self._pool, capture_error_mode="thread_local"
+            ), always_build_sdpa_masks(), backward_context():
+                loss = self.loss_fn(inputs)
+                (loss * self._weight).backward()
+        except torch.cuda.OutOfMemoryError:
+            # this micro-batch runs eagerly, where OOM recovery can shrink it; smaller shapes are captured later
+            self.reset()
+            torch.cuda.empty_cache()
+            return None
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            self.turn_off(f"capture failed ({first[:200]})")
+            return None
+        seconds = time.perf_counter() - started
+        self.stats.captures += 1
+        self.stats.capture_s += seconds
+        if self.stats.captures == 1:
+            shape = ", ".join(f"{name} {list(size)}" for name, size in key)
+            self.log(f"fast path: captured the training step as a CUDA graph for {shape} in {seconds:.1f} s; "
+                     "each new batch shape costs one capture (see summary())")
+        captured = _Captured(graph, inputs, loss.detach())
+        self._graphs[key] = captured
+        return captured
+
+    @staticmethod
+    def _static_grad(param: torch.nn.Parameter) -> torch.Tensor:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        return param.grad
+
+    def _grads_intact(self) -> bool:
+        assert self._grads is not None
+        return all(p.grad is g for p, g in zip(self.params, self._grads))
+
+
+@contextlib.contextmanager
+def _same_autocast_without_cache(device_type: str) -> Iterator[None]:
+    """The autocast in force (Lightning's bf16-mixed), with its weight-cast cache off: cached casts made while
+    capturing would live in the graph's pool and be read back by eager code later (torch's graph docs)."""
+    if not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    with torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=False):
+        yield
+
+
+@contextlib.contextmanager
+def always_build_sdpa_masks() -> Iterator[None]:
+    """While capturing, transformers always builds the SDPA mask instead of reading the padding mask on the host
+    to see whether it may skip it (a host read can't be captured; a built all-ones mask is the same attention)."""
+    try:
+        from transformers import masking_utils  # noqa: PLC0415
+    except ImportError:
+        yield
+        return
+    saved = {name: getattr(masking_utils, name) for name in _MASK_SKIP_HELPERS if hasattr(masking_utils, name)}
+    for name in saved:
+        setattr(masking_utils, name, _never_skip)
+    try:
+        yield
+    finally:
+        for name, helper in saved.items():
+            setattr(masking_utils, name, helper)
+
+
+def _never_skip(*args: Any, **kwargs: Any) -> bool:
+    return False

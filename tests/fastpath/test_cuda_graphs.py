@@ -1,0 +1,231 @@
+"""CUDA-graph training steps: what they assume of the step engine (CPU, an eager stand-in for capture and
+replay) and that a real capture computes the eager step (GPU)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as L
+import pytest
+import torch
+
+from lit_qsum.data.datamodule import SummarizationDataModule
+from lit_qsum.fastpath import cuda_graphs
+from lit_qsum.fastpath.attention import contiguous_position_bias
+from lit_qsum.fastpath.cuda_graphs import StepGraphs, _Captured, always_build_sdpa_masks, unsupported_reason
+from lit_qsum.module import SummarizationModule
+from lit_qsum.settings import LoraSettings, SpeedSettings
+
+TINY_T5 = {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2,
+           "num_decoder_layers": 2, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.1}
+
+
+def test_mask_helpers_always_build_while_capturing_and_are_restored() -> None:
+    from transformers import masking_utils
+
+    names = [n for n in cuda_graphs._MASK_SKIP_HELPERS if hasattr(masking_utils, n)]
+    assert names, "transformers renamed its SDPA mask-skip helpers: graphs would hit a host read while capturing"
+    before = {n: getattr(masking_utils, n) for n in names}
+    with always_build_sdpa_masks():
+        for name in names:
+            assert getattr(masking_utils, name)(torch.ones(2, 3, dtype=torch.bool), 3) is False
+    assert {n: getattr(masking_utils, n) for n in names} == before
+
+
+def test_graphs_are_refused_where_they_cannot_run() -> None:
+    cuda = torch.device("cuda", 0)
+    assert "CUDA device" in unsupported_reason(device=torch.device("cpu"), precision="bf16-mixed", sharded=False,
+                                               checkpointing=False)
+    assert "16-mixed" in unsupported_reason(device=cuda, precision="16-mixed", sharded=False, checkpointing=False)
+    assert "FSDP" in unsupported_reason(device=cuda, precision="bf16-mixed", sharded=True, checkpointing=False)
+    assert unsupported_reason(device=cuda, precision="bf16-mixed", sharded=False, checkpointing=False) is None
+    assert unsupported_reason(device=cuda, precision="32-true", sharded=False, checkpointing=False) is None
+
+
+def test_contiguous_position_bias_keeps_the_values_and_the_loss() -> None:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(**{k: v for k, v in TINY_T5.items() if k != "model_type"},
+                                                vocab_size=100, decoder_start_token_id=0)).eval()
+    batch = {"input_ids": torch.randint(2, 100, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long),
+             "labels": torch.randint(2, 100, (2, 5))}
+    batch["attention_mask"][1, 6:] = 0
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    before = attention.compute_bias(9, 9)
+    with torch.no_grad():
+        loss = model(**batch).loss
+    assert contiguous_position_bias(model) == 2  # the first block of the encoder and of the decoder
+    assert contiguous_position_bias(model) == 0  # once
+    after = attention.compute_bias(9, 9)
+    assert after.is_contiguous() and not before.is_contiguous()
+    assert torch.equal(after, before)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).loss, loss, rtol=0, atol=0)
+
+
+class _EagerReplay:
+    """Stands in for a captured graph: replaying reruns the recorded step on the static buffers."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def replay(self) -> None:
+        self.run()
+
+
+class EagerStandInGraphs(StepGraphs):
+    """StepGraphs with capture replaced by a closure over the same static buffers, so the step engine's side of the
+    contract (static gradients zeroed in place, the loss weight as a device scalar, a warm-up step, one graph per
+    shape) runs on the CPU."""
+
+    made: list[EagerStandInGraphs] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        EagerStandInGraphs.made.append(self)
+
+    def _capture(self, key, batch, backward_context):
+        if self._grads is None:
+            self._grads = [self._static_grad(p) for p in self.params]
+        if self._weight is None:
+            self._weight = torch.ones((), dtype=torch.float32)
+        inputs = {name: batch[name].clone() for name, _ in key}
+        loss_out = torch.zeros(())
+        grads = list(self._grads)
+
+        def run() -> None:
+            assert all(p.grad is g for p, g in zip(self.params, grads)), "a gradient tensor was replaced"
+            with backward_context():
+                loss = self.loss_fn(inputs)
+                (loss * self._weight).backward()
+            loss_out.copy_(loss.detach())
+
+        self.stats.captures += 1
+        captured = _Captured(_EagerReplay(run), inputs, loss_out)  # type: ignore[arg-type]
+        self._graphs[key] = captured
+        return captured
+
+
+def _fit(tmp_path, graphs: bool, monkeypatch: pytest.MonkeyPatch) -> SummarizationModule:
+    if graphs:
+        monkeypatch.setattr(cuda_graphs, "unsupported_reason", lambda **_: None)
+        monkeypatch.setattr(cuda_graphs, "StepGraphs", EagerStandInGraphs)
+    L.seed_everything(3)
+    module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="lora", init_seed=3,
+                                 lora=LoraSettings(rank=4, alpha=8, dropout=0.05), accumulate_grad_batches=2,
+                                 speed=SpeedSettings(cuda_graphs=graphs))
+    data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=40, max_eval_samples=4,
+                                   pad_to_multiple_of=32)
+    trainer = L.Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, use_distributed_sampler=False)
+    trainer.fit(module, data)
+    return module
+
+
+def test_the_step_engine_trains_the_same_through_graph_replays(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropout on, accumulation 2: replays through static buffers land on the eager run's adapter."""
+    eager = _fit(tmp_path / "eager", graphs=False, monkeypatch=monkeypatch)
+    EagerStandInGraphs.made.clear()
+    replayed = _fit(tmp_path / "graphs", graphs=True, monkeypatch=monkeypatch)
+    (graphs,) = EagerStandInGraphs.made
+    assert graphs.stats.replays + 1 == 12  # 6 steps x 2 micro-batches: one eager warm-up, the rest replayed
+    # two padded shapes in these batches: a recapture per step would mean the engine replaced gradient tensors
+    assert graphs.stats.captures == len(graphs._graphs) <= 3
+    reference = dict(eager.model.named_parameters())
+    for name, param in replayed.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, reference[name], rtol=0, atol=0, msg=name)
+
+
+# ---- on a GPU: a real capture computes the eager step ------------------------------------------------------------
+def _gpu_model(checkpointing: bool):
+    from lit_qsum.backends.loader import ModelSpec, load_model
+    from lit_qsum.fastpath import apply_speedups
+    from lit_qsum.settings import QuantizationSettings
+
+    spec = ModelSpec(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="qlora",
+                     lora=LoraSettings(rank=8, alpha=16, dropout=0.1), quantization=QuantizationSettings(),
+                     gradient_checkpointing=checkpointing, init_seed=1)
+    model = load_model(spec, device=torch.device("cuda", 0)).model.train()
+    apply_speedups(model, SpeedSettings(), device=torch.device("cuda", 0), gradient_checkpointing=checkpointing)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return model
+
+
+def _gpu_batch(seed: int, vocab: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (4, 40), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    labels = torch.randint(5, vocab, (4, 16), generator=gen)
+    labels[2, 10:] = -100
+    return {k: v.cuda() for k, v in {"input_ids": ids, "attention_mask": mask, "labels": labels}.items()}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool) -> None:
+    model = _gpu_model(checkpointing)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_fn(batch):
+        return model(**batch).loss
+
+    def step_eager(batch, seed):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        torch.cuda.manual_seed(seed)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(batch)
+            (loss * 0.5).backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    vocab = model.config.vocab_size
+    first, second = _gpu_batch(1, vocab), _gpu_batch(2, vocab)
+    ref_loss, ref_grads = step_eager(first, seed=11)
+    ref2_loss, ref2_grads = step_eager(second, seed=12)
+
+    graphs = StepGraphs(loss_fn, params, log=lambda _: None)
+    step_eager(second, seed=0)  # a warm-up step, as the engine's first micro-batch
+    assert graphs.forward_backward(second, 0.5, _nullcontext) is None  # the engine's warm-up call
+    for batch, seed, want_loss, want_grads in ((first, 11, ref_loss, ref_grads), (second, 12, ref2_loss, ref2_grads)):
+        for p in params:
+            p.grad.zero_()
+        torch.cuda.manual_seed(seed)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = graphs.forward_backward(batch, 0.5, _nullcontext)
+        assert loss is not None, graphs.off_reason
+        torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+        for p, want in zip(params, want_grads):
+            torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-6)
+    assert graphs.stats.captures == 1 and graphs.stats.replays == 2  # one shape: captured once, replayed twice
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@pytest.mark.gpu
+def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path) -> None:
+    def fit(graphs: bool) -> SummarizationModule:
+        L.seed_everything(3)
+        module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="qlora", init_seed=3,
+                                     lora=LoraSettings(rank=4, alpha=8, dropout=0.05), accumulate_grad_batches=2,
+                                     gradient_checkpointing=True, speed=SpeedSettings(cuda_graphs=graphs))
+        data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=40, max_eval_samples=4,
+                                       pad_to_multiple_of=64)
+        trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=6, limit_val_batches=0,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            default_root_dir=tmp_path / str(graphs), use_distributed_sampler=False)
+        trainer.fit(module, data)
+        return module
+
+    eager, replayed = fit(False), fit(True)
+    reference = dict(eager.model.named_parameters())
+    for name, param in replayed.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, reference[name], rtol=1e-3, atol=1e-5, msg=name)
