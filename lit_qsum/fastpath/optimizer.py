@@ -31,8 +31,10 @@ def prefer_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
     for group in groups:
         group["fused"] = True
         group["foreach"] = None
+    # Adam.__init__ also sets ``_step_supports_amp_scaling`` for fused=True so that a GradScaler lets the kernel
+    # unscale; left unset, a 16-mixed scaler unscales first as for any optimizer, and Lightning still clips
+    # (it refuses to clip for optimizers that unscale internally)
     optimizer.defaults["fused"] = True
-    optimizer._step_supports_amp_scaling = True  # what Adam.__init__ sets for fused=True: the GradScaler hands it over
     for param in params:
         step = optimizer.state.get(param, {}).get("step")
         if isinstance(step, torch.Tensor) and step.device != param.device:
