@@ -38,6 +38,8 @@ def test_graphs_are_refused_where_they_cannot_run() -> None:
     assert "FSDP" in unsupported_reason(device=cuda, precision="bf16-mixed", sharded=True, checkpointing=False)
     assert unsupported_reason(device=cuda, precision="bf16-mixed", sharded=False, checkpointing=False) is None
     assert unsupported_reason(device=cuda, precision="32-true", sharded=False, checkpointing=False) is None
+    assert "compile" in unsupported_reason(device=cuda, precision="bf16-mixed", sharded=False, checkpointing=False,
+                                           compiled=True)
 
 
 def test_contiguous_position_bias_keeps_the_values_and_the_loss() -> None:
