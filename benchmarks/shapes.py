@@ -17,6 +17,11 @@ SHAPES: dict[str, dict] = {
     "bart-large": {"model_type": "bart", "vocab_size": 50265, "d_model": 1024, "encoder_layers": 12, "decoder_layers": 12,
                    "encoder_attention_heads": 16, "decoder_attention_heads": 16, "encoder_ffn_dim": 4096,
                    "decoder_ffn_dim": 4096, "max_position_embeddings": 1026},
+    # Qwen2.5-1.5B (decoder-only, the Llama layout with grouped KV heads): 1536 wide, 28 layers, 12 heads / 2 KV heads,
+    # FFN 8960, vocab 151936, tied embeddings; the speed harness's decoder-only shape
+    "qwen2.5-1.5b": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+                     "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+                     "max_position_embeddings": 32768, "tie_word_embeddings": True},
     # a small Llama-architecture decoder (SOLAR/Qwen/Mistral family layout) for the Unsloth path
     "llama-small": {"model_type": "llama", "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816,
                     "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 8,

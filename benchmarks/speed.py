@@ -14,12 +14,18 @@ non-pad token (the figure for GPU-bound cards). Settings match: NF4 + double qua
 LoRA r16/alpha 32/dropout 0.05 on every attention and FFN linear, gradient checkpointing, micro-batch 16,
 length-grouped batches, lr 2e-4, gradient clipping 1.0.
 
-- ``hf``: ``prepare_model_for_kbit_training`` + ``get_peft_model`` + ``Seq2SeqTrainer`` (paged_adamw_8bit,
-  ``DataCollatorForSeq2Seq``, transformers' own length grouping).
+- ``hf``: ``prepare_model_for_kbit_training`` + ``get_peft_model`` + ``Seq2SeqTrainer`` (``Trainer`` for
+  decoder-only shapes; paged_adamw_8bit, ``DataCollatorForSeq2Seq``, transformers' own length grouping).
 - ``lit-qsum``: ``SummarizationModule(backend="qlora")`` in a Lightning ``Trainer`` (bf16-mixed, AdamW),
-  fed by lit-qsum's ``LengthGroupedBatchSampler`` and ``Seq2SeqCollator``. ``--lit-variant NAME=JSON``
-  adds module kwargs (``{"module": {...}}``; dicts become the parameter's settings dataclass) and data
+  fed by lit-qsum's ``LengthGroupedBatchSampler`` and ``Seq2SeqCollator`` (``CausalCollator``).
+  ``--lit-variant NAME=JSON`` adds module kwargs (``{"module": {...}}``; dicts become the parameter's
+  settings dataclass; ``{"module": {"backend": "unsloth"}}`` runs lit-qsum's Unsloth backend) and data
   settings (``{"data": {"pad_to_multiple_of": 64}}``).
+- ``unsloth`` (decoder-only shapes, GPU): a plain loop over Unsloth's ``FastLanguageModel`` (4-bit, LoRA,
+  its own checkpointing), AdamW, the same batches as lit-qsum: the reference for lit-qsum's Unsloth backend.
+
+Decoder-only rows are prompt (a dialogue's length) + summary; the loss covers the summary tokens, and
+tokens/s counts every non-pad token of the row.
 
 Each (shape, tool, variant) runs in its own process, so peak memory and caches do not leak between
 runs; a failed run becomes an error record. Reported per run: non-pad tokens/s (encoder + label tokens)
@@ -56,7 +62,7 @@ from shapes import SHAPES  # noqa: E402
 from speed_common import DATA_DEFAULTS, LOSS_CHECK_SAMPLES, empty_record, lit_module_kwargs  # noqa: E402
 
 RESULTS = Path(os.environ.get("LIT_QSUM_RESULTS", BENCHMARKS / "results"))
-TOOLS = ("hf", "lit-qsum")
+TOOLS = ("hf", "lit-qsum", "unsloth")
 HF_VARIANT = "recipe"  # the variant name of the baseline's records
 # CPU-sized shapes for --smoke; vocab and special ids come from the demo tokenizer
 SMOKE_SHAPES: dict[str, dict] = {
@@ -65,6 +71,8 @@ SMOKE_SHAPES: dict[str, dict] = {
     "tiny-bart": {"model_type": "bart", "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
                   "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
                   "decoder_ffn_dim": 128, "max_position_embeddings": 128},
+    "tiny-llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256},
 }
 
 
@@ -109,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{shape}: {info['num_params']:,} parameters, weights at {info['model_path']}", flush=True)
             runs = [("hf", {"name": HF_VARIANT, "module": {}, "data": {}})] if "hf" in args.tools else []
             runs += [("lit-qsum", v) for v in args.lit_variants.values()] if "lit-qsum" in args.tools else []
+            if "unsloth" in args.tools and info["task"] == "causal":
+                runs.append(("unsloth", {"name": "plain-loop", "module": {}, "data": {}}))
             for tool, variant in runs:
                 spec = {**info, "tool": tool, "variant": variant, "warmup": args.warmup, "steps": args.steps,
                         "profile_steps": args.profile_steps, "micro_batch": args.micro_batch, "seed": args.seed,
@@ -146,8 +156,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup < 1 or args.steps < 1 or args.micro_batch < 1 or args.profile_steps < 0:
         parser.error("--warmup, --steps and --micro-batch must be >= 1 (the first step warms allocators up), "
                      "--profile-steps >= 0")
-    known = seq2seq_shapes()
-    args.shapes = args.shapes or list(SMOKE_SHAPES if args.smoke else ("kobart", "bart-large", "t5-large"))
+    known = benchmark_shapes()
+    args.shapes = args.shapes or (["tiny-t5", "tiny-bart"] if args.smoke else ["kobart", "bart-large", "t5-large"])
     if unknown := [s for s in args.shapes if s not in known]:
         parser.error(f"--shapes: unknown {unknown}; known: {', '.join(known)}")
     args.what = args.what or ("seq2seq-qlora-speed-smoke" if args.smoke else "seq2seq-qlora-speed")
@@ -160,12 +170,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def seq2seq_shapes() -> dict[str, dict]:
-    """benchmarks/shapes.py's encoder-decoder shapes and the smoke shapes (the recipe is seq2seq-only)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES  # noqa: PLC0415
-
-    shapes = {**SHAPES, **SMOKE_SHAPES}
-    return {name: c for name, c in shapes.items() if c["model_type"] in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}
+def benchmark_shapes() -> dict[str, dict]:
+    """benchmarks/shapes.py's shapes and the smoke shapes, but those of FSDP's size (t5-xl), which one call can't fit."""
+    return {name: c for name, c in {**SHAPES, **SMOKE_SHAPES}.items() if name != "t5-xl"}
 
 
 def parse_variants(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -192,35 +199,44 @@ def parse_variants(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def prepare_shape(shape: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Save the shape's random-init weights (cached) and its synthetic data; count full-precision parameters."""
-    from transformers import AutoModelForSeq2SeqLM  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM  # noqa: PLC0415
 
-    from lit_qsum.backends.hf import config_from_dict, materialize_random_init  # noqa: PLC0415
+    from lit_qsum.backends.hf import config_from_dict, materialize_random_init, task_of  # noqa: PLC0415
     from lit_qsum.data.tokenizer import load_tokenizer  # noqa: PLC0415
 
     tokenizer = load_tokenizer("lit_qsum:demo")
-    config = config_from_dict(seq2seq_shapes()[shape], tokenizer)
+    config = config_from_dict(benchmark_shapes()[shape], tokenizer)
+    task = task_of(config)
     model_path = materialize_random_init(config, args.seed, tokenizer, device=None if args.smoke else torch.device("cuda", 0))
+    auto = AutoModelForSeq2SeqLM if task == "seq2seq" else AutoModelForCausalLM
     with torch.device("meta"):
-        num_params = sum(p.numel() for p in AutoModelForSeq2SeqLM.from_config(config).parameters())
+        num_params = sum(p.numel() for p in auto.from_config(config).parameters())
     n = args.micro_batch * args.steps  # one epoch is the timed window; full batches only, so no tool drops one
     samples = synthetic_samples(n, config.vocab_size, tokenizer.eos_token_id,
-                                SMOKE_LENGTHS if args.smoke else LENGTHS, args.seed)
+                                SMOKE_LENGTHS if args.smoke else LENGTHS, args.seed, causal=task == "causal")
     data_path = tmp / f"{shape}-data.pt"
     torch.save(samples, data_path)
     return {"shape": shape, "model_path": str(model_path), "data_path": str(data_path), "num_params": num_params,
-            "pad_token_id": tokenizer.pad_token_id}
+            "pad_token_id": tokenizer.pad_token_id, "task": task}
 
 
 def synthetic_samples(
-    n: int, vocab_size: int, eos_id: int, lengths: dict[str, LengthDist], seed: int
+    n: int, vocab_size: int, eos_id: int, lengths: dict[str, LengthDist], seed: int, causal: bool = False
 ) -> list[dict[str, list[int]]]:
-    """``n`` samples of uniform token ids in [5, vocab_size - 1] (clear of special ids), each ending in eos."""
+    """``n`` samples of uniform token ids in [5, vocab_size - 1] (clear of special ids), each ending in eos.
+
+    Seq2seq: ``input_ids`` (encoder) and ``labels``; decoder-only: ``prompt_ids`` and ``target_ids`` of the same
+    lengths, as lit-qsum's data module makes them (the recipe's rows are their concatenation).
+    """
     generator = torch.Generator().manual_seed(seed)
     encoder, decoder = lengths["encoder"].sample(n, generator), lengths["decoder"].sample(n, generator)
     samples = []
     for enc, dec in zip(encoder, decoder):
         ids = torch.randint(5, vocab_size, (enc + dec,), generator=generator).tolist()
-        samples.append({"input_ids": ids[: enc - 1] + [eos_id], "labels": ids[enc:-1] + [eos_id]})
+        if causal:
+            samples.append({"prompt_ids": ids[:enc], "target_ids": ids[enc:-1] + [eos_id]})
+        else:
+            samples.append({"input_ids": ids[: enc - 1] + [eos_id], "labels": ids[enc:-1] + [eos_id]})
     return samples
 
 

@@ -15,7 +15,7 @@ LORA = {"rank": 16, "alpha": 32, "dropout": 0.05}
 LOSS_CHECK_SAMPLES = 16
 # SummarizationModule arguments the harness sets itself: a variant changes how it trains, not what; steps are
 # timed per loader batch, so accumulation stays 1
-HARNESS_OWNED = frozenset({"model_name_or_path", "model_config", "tokenizer", "backend", "optimizer", "scheduler",
+HARNESS_OWNED = frozenset({"model_name_or_path", "model_config", "tokenizer", "optimizer", "scheduler",
                            "accumulate_grad_batches"})
 DATA_DEFAULTS = {"pad_to_multiple_of": 8}
 
@@ -43,7 +43,7 @@ def lit_module_kwargs(variant: str, overrides: dict[str, Any]) -> dict[str, Any]
 
     hints = typing.get_type_hints(SummarizationModule.__init__)
     params = set(inspect.signature(SummarizationModule.__init__).parameters) - {"self"}
-    kwargs: dict[str, Any] = {"lora": LoraSettings(**LORA), "gradient_checkpointing": True}
+    kwargs: dict[str, Any] = {"backend": "qlora", "lora": LoraSettings(**LORA), "gradient_checkpointing": True}
     for key, value in overrides.items():
         if key in HARNESS_OWNED:
             raise ValueError(f"--lit-variant {variant}: module.{key} is set by the harness")

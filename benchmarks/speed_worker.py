@@ -20,14 +20,14 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
-from transformers import Seq2SeqTrainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from typing_extensions import override
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS.parent)]  # speed_common.py, and this checkout's lit_qsum
 from speed_common import DATA_DEFAULTS, LORA, LOSS_CHECK_SAMPLES, empty_record, lit_module_kwargs  # noqa: E402
 
-from lit_qsum.data.collate import IGNORE_INDEX, Seq2SeqCollator  # noqa: E402
+from lit_qsum.data.collate import IGNORE_INDEX, CausalCollator, Seq2SeqCollator  # noqa: E402
 
 LEARNING_RATE = 2e-4
 # bf16 dense tensor-core peak, FLOP/s; matched by substring of torch.cuda.get_device_name(), first hit wins
@@ -42,8 +42,9 @@ class StepWindow:
     table in DIR), so their wall time is not part of tokens/s.
     """
 
-    def __init__(self, warmup: int, steps: int, cuda: bool, profile_steps: int = 0) -> None:
+    def __init__(self, warmup: int, steps: int, cuda: bool, profile_steps: int = 0, causal: bool = False) -> None:
         self.warmup, self.steps, self.cuda, self.profile_steps = warmup, steps, cuda, profile_steps
+        self.causal = causal  # a decoder-only row holds its summary: count non-pad row tokens once
         self.tokens: torch.Tensor | None = None
         self.profiled_tokens: torch.Tensor | None = None
         self.padded = 0
@@ -68,10 +69,14 @@ class StepWindow:
         """Count the batch of optimizer step ``step`` (1-based) if it is timed or profiled."""
         if step <= self.warmup:
             return
-        tokens = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
+        tokens = batch["attention_mask"].sum()
+        padded = batch["input_ids"].numel()  # shapes are host-side: no sync
+        if not self.causal:
+            tokens = tokens + (batch["labels"] != IGNORE_INDEX).sum()
+            padded += batch["labels"].numel()
         if step <= self.warmup + self.steps:
             self.tokens = tokens if self.tokens is None else self.tokens + tokens
-            self.padded += batch["input_ids"].numel() + batch["labels"].numel()  # shapes are host-side: no sync
+            self.padded += padded
         else:
             self.profiled_tokens = tokens if self.profiled_tokens is None else self.profiled_tokens + tokens
 
@@ -145,10 +150,11 @@ def run_worker(spec_path: Path) -> None:
         record["versions"] = library_versions()
         samples = torch.load(spec["data_path"], weights_only=True)
         features = [{**s, "index": i} for i, s in enumerate(samples)]
-        check = Seq2SeqCollator(spec["pad_token_id"], 8)(features[:LOSS_CHECK_SAMPLES])
+        causal = spec.get("task") == "causal"
+        check = collator(spec, 8)(features[:LOSS_CHECK_SAMPLES])
         check = {k: check[k] for k in ("input_ids", "attention_mask", "labels")}
-        window = StepWindow(spec["warmup"], spec["steps"], cuda, spec.get("profile_steps", 0))
-        train = train_hf if spec["tool"] == "hf" else train_lit_qsum
+        window = StepWindow(spec["warmup"], spec["steps"], cuda, spec.get("profile_steps", 0), causal=causal)
+        train = {"hf": train_hf, "lit-qsum": train_lit_qsum, "unsloth": train_unsloth_loop}[spec["tool"]]
         eval_loss = train(spec, features, check, window)
         record.update(window.result(), **window.extra,
                       loss_check={"eval_loss": eval_loss, "rel_diff_vs_hf": None})
@@ -162,6 +168,12 @@ def run_worker(spec_path: Path) -> None:
         raise
     finally:
         Path(spec["result_path"]).write_text(json.dumps(record))
+
+
+def collator(spec: dict[str, Any], pad_to_multiple_of: int) -> Seq2SeqCollator | CausalCollator:
+    """lit-qsum's collator for the shape's task (decoder-only rows: prompt + summary, loss on the summary)."""
+    kind = CausalCollator if spec.get("task") == "causal" else Seq2SeqCollator
+    return kind(spec["pad_token_id"], pad_to_multiple_of)
 
 
 def eval_loss_of(
@@ -203,19 +215,26 @@ class HfStepTimer(TrainerCallback):
         self.window.step_end(state.global_step)
 
 
-class TokenCountingSeq2SeqTrainer(Seq2SeqTrainer):
-    """``Seq2SeqTrainer`` that counts the non-pad tokens of the timed window's batches."""
+class _CountsTokens:
+    """A ``Trainer`` mixin that counts the non-pad tokens of the timed window's batches."""
 
     def __init__(self, *args: Any, window: StepWindow, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.window = window
 
-    @override
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         self.window.add(inputs, self.state.global_step + 1)  # this batch is step global_step + 1
         return super().training_step(model, inputs, num_items_in_batch)
+
+
+class TokenCountingSeq2SeqTrainer(_CountsTokens, Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` that counts the timed window's tokens."""
+
+
+class TokenCountingTrainer(_CountsTokens, Trainer):
+    """``Trainer`` (decoder-only shapes) that counts the timed window's tokens."""
 
 
 def train_hf(
@@ -233,13 +252,14 @@ def train_hf(
     quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                             bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
     placement = {} if smoke else {"device_map": {"": 0}}
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(spec["model_path"], quantization_config=quant,
-                                                               dtype=dtype, **placement)
+    causal = spec.get("task") == "causal"
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForSeq2SeqLM
+    model = auto.from_pretrained(spec["model_path"], quantization_config=quant, dtype=dtype, **placement)
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec["model_path"])
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     lora = LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], bias="none",
                       target_modules=default_target_modules(model.config.model_type, model),
-                      task_type=TaskType.SEQ_2_SEQ_LM)
+                      task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_2_SEQ_LM)
     model = get_peft_model(model, lora)
     device = torch.device("cpu" if smoke else "cuda:0")
     eval_loss = eval_loss_of(model, lambda batch: model(**batch).loss, check, device, autocast=not smoke)
@@ -258,9 +278,14 @@ def train_hf(
                 else {"group_by_length": True})
     args.update({"activation_checkpointing": True} if "activation_checkpointing" in fields
                 else {"gradient_checkpointing": True})
-    dataset = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
-               for f in features]  # lengths for grouping are read from input_ids (tokenizer.model_input_names[0])
-    trainer = TokenCountingSeq2SeqTrainer(
+    if causal:  # the row is prompt + summary, the loss on the summary only, as lit-qsum's CausalCollator makes it
+        rows = [(f["prompt_ids"] + f["target_ids"], [IGNORE_INDEX] * len(f["prompt_ids"]) + f["target_ids"])
+                for f in features]
+    else:
+        rows = [(f["input_ids"], f["labels"]) for f in features]
+    # lengths for grouping are read from input_ids (tokenizer.model_input_names[0])
+    dataset = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels} for ids, labels in rows]
+    trainer = (TokenCountingTrainer if causal else TokenCountingSeq2SeqTrainer)(
         model=model, args=transformers.Seq2SeqTrainingArguments(**args), train_dataset=dataset,
         data_collator=transformers.DataCollatorForSeq2Seq(tokenizer, model, label_pad_token_id=IGNORE_INDEX,
                                                           pad_to_multiple_of=8),
@@ -308,21 +333,16 @@ def train_lit_qsum(
     spec: dict[str, Any], features: list[dict], check: dict[str, torch.Tensor], window: StepWindow
 ) -> float:
     """lit-qsum's QLoRA path with the variant's settings; returns the pre-training eval loss of ``check``."""
-    from lit_qsum.data.features import feature_length  # noqa: PLC0415
-    from lit_qsum.data.length_grouped_sampler import LengthGroupedBatchSampler  # noqa: PLC0415
     from lit_qsum.module import SummarizationModule  # noqa: PLC0415
 
     smoke, variant = spec["smoke"], spec["variant"]
     L.seed_everything(spec["seed"], verbose=False)
     module = SummarizationModule(
-        model_name_or_path=spec["model_path"], tokenizer=spec["model_path"], backend="qlora", init_seed=spec["seed"],
+        model_name_or_path=spec["model_path"], tokenizer=spec["model_path"], init_seed=spec["seed"],
         optimizer=functools.partial(torch.optim.AdamW, lr=LEARNING_RATE, weight_decay=0.0),
         **lit_module_kwargs(variant["name"], variant["module"]),
     )
-    data = {**DATA_DEFAULTS, **variant["data"]}
-    sampler = LengthGroupedBatchSampler([feature_length(f) for f in features], spec["micro_batch"], seed=spec["seed"])
-    loader = DataLoader(features, batch_sampler=sampler,  # type: ignore[arg-type]  # a list is a map-style dataset
-                        collate_fn=Seq2SeqCollator(spec["pad_token_id"], data["pad_to_multiple_of"]), num_workers=0)
+    loader = lit_loader(spec, features, {**DATA_DEFAULTS, **variant["data"]})
     timer = LitStepTimer(window, check, autocast=not smoke)
     trainer = L.Trainer(
         accelerator="cpu" if smoke else "gpu", devices=1, precision="32-true" if smoke else "bf16-mixed",
@@ -334,6 +354,61 @@ def train_lit_qsum(
     assert timer.eval_loss is not None
     window.extra = timer.graphs
     return timer.eval_loss
+
+
+def lit_loader(spec: dict[str, Any], features: list[dict], data: dict[str, Any]) -> DataLoader:
+    """lit-qsum's training batches: length-grouped (seeded), padded by the task's collator."""
+    from lit_qsum.data.features import feature_length  # noqa: PLC0415
+    from lit_qsum.data.length_grouped_sampler import LengthGroupedBatchSampler  # noqa: PLC0415
+
+    sampler = LengthGroupedBatchSampler([feature_length(f) for f in features], spec["micro_batch"], seed=spec["seed"])
+    return DataLoader(features, batch_sampler=sampler,  # type: ignore[arg-type]  # a list is a map-style dataset
+                      collate_fn=collator(spec, data["pad_to_multiple_of"]), num_workers=0)
+
+
+def train_unsloth_loop(
+    spec: dict[str, Any], features: list[dict], check: dict[str, torch.Tensor], window: StepWindow
+) -> float:
+    """The reference for lit-qsum's Unsloth backend: Unsloth's 4-bit model + LoRA in a plain PyTorch loop over the same
+    batches (AdamW, bf16 autocast, clip 1.0); returns the pre-training eval loss of ``check``. GPU only."""
+    if spec["smoke"] or spec.get("task") != "causal":
+        raise RuntimeError("the plain Unsloth loop runs decoder-only shapes on a CUDA GPU")
+    from unsloth import FastLanguageModel  # noqa: PLC0415 - patches transformers: import it in this worker only
+
+    from lit_qsum.backends.lora_targets import default_target_modules  # noqa: PLC0415
+
+    torch.manual_seed(spec["seed"])
+    model, _ = FastLanguageModel.from_pretrained(model_name=spec["model_path"], max_seq_length=1024,
+                                                 dtype=torch.bfloat16, load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(
+        model, r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], bias="none",
+        target_modules=default_target_modules(model.config.model_type, model), use_gradient_checkpointing="unsloth",
+        random_state=spec["seed"],
+    )
+    device = torch.device("cuda", 0)
+    model.train()
+    eval_loss = eval_loss_of(model, lambda batch: model(**batch).loss, check, device, autocast=True)
+    torch.cuda.reset_peak_memory_stats()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
+    loader = lit_loader(spec, features, dict(DATA_DEFAULTS))
+    window.train_start()
+    step = 0
+    while step < window.last_step:
+        for batch in loader:
+            step += 1
+            batch = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+            window.add(batch, step)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            window.step_end(step)
+            if step == window.last_step:
+                break
+    return eval_loss
 
 
 def library_versions() -> dict[str, str]:

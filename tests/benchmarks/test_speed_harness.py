@@ -95,7 +95,10 @@ def test_variant_dicts_become_settings_dataclasses(speed: ModuleType) -> None:
     with pytest.raises(ValueError, match="no argument 'nope'"):
         speed.lit_module_kwargs("bad", {"nope": 1})
     with pytest.raises(ValueError, match="set by the harness"):
-        speed.lit_module_kwargs("bad", {"backend": "lora"})
+        speed.lit_module_kwargs("bad", {"optimizer": "sgd"})
+    # qlora unless a variant measures another backend (lit-qsum's Unsloth backend on decoder-only shapes)
+    assert kwargs["backend"] == "qlora"
+    assert speed.lit_module_kwargs("u", {"backend": "unsloth"})["backend"] == "unsloth"
 
 
 def test_variant_parsing(speed: ModuleType) -> None:
@@ -115,3 +118,13 @@ def test_synthetic_samples_are_seeded_and_end_in_eos(speed: ModuleType) -> None:
         assert lengths["decoder"].minimum <= len(s["labels"]) <= lengths["decoder"].cap
         assert s["input_ids"][-1] == 1 and s["labels"][-1] == 1
         assert all(5 <= t < 1000 for t in s["input_ids"][:-1] + s["labels"][:-1])
+
+
+def test_decoder_only_samples_are_prompt_and_summary_rows(speed: ModuleType) -> None:
+    lengths = speed.SMOKE_LENGTHS
+    rows = speed.synthetic_samples(32, 1000, 1, lengths, seed=3, causal=True)
+    pairs = speed.synthetic_samples(32, 1000, 1, lengths, seed=3)
+    for row, pair in zip(rows, pairs):  # the same lengths as the seq2seq samples of the seed; the summary ends in eos
+        assert set(row) == {"prompt_ids", "target_ids"} and row["target_ids"][-1] == 1
+        assert len(row["prompt_ids"]) == len(pair["input_ids"]) and len(row["target_ids"]) == len(pair["labels"])
+    assert {"qwen2.5-1.5b", "tiny-llama"} <= set(speed.benchmark_shapes())
