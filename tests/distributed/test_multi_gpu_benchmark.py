@@ -1,5 +1,6 @@
 """benchmarks/multi_gpu.py --smoke: the GPU benchmark's every path (DDP on 1 and 2 processes, FSDP with validation and a
-checkpoint, the result files) on the CPU, so its first GPU run is not its first run."""
+checkpoint, the one-process run FSDP's memory is compared with, the result files) on the CPU, so its first GPU run is
+not its first run."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [results] = tmp_path.glob("*-multi-gpu.json")
     records = json.loads(results.read_text())
-    assert [(r["strategy"], r["gpus"]) for r in records] == [("ddp", 1), ("ddp", 2), ("fsdp", 2)]
+    assert [(r["strategy"], r["gpus"]) for r in records] == [("ddp", 1), ("ddp", 2), ("fsdp", 2), ("single", 1)]
     for r in records:
         assert r["tool"] == "lit-qsum" and r["tokens_per_s"] > 0 and r["step_time_s"] > 0
         assert len(r["peak_allocated_gib_per_gpu"]) == r["gpus"] and "peak_allocated_gib" in r
-        assert {"shape", "gpu", "date", "micro_batch", "versions"} <= set(r)
+        assert {"shape", "gpu", "date", "micro_batch", "versions", "variant", "strategy", "gpus"} <= set(r)
         assert r["measured_steps"] == 3
     assert records[2]["checkpoint"]["ok"], records[2]["checkpoint"]
     table = (tmp_path / results.name.replace(".json", ".md")).read_text()
