@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
 from lit_qsum.callbacks.progress import SummarizationProgressBar
 from lit_qsum.checkpoint_io import AdapterCheckpointIO
+from lit_qsum.config_checks import check_settings
 from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.distributed import close_process_group
 from lit_qsum.errors import UserInputError
@@ -136,6 +137,11 @@ class LitQsumCLI(LightningCLI):
                 print(f"lit-qsum: --ckpt_path {ckpt_path}: using the checkpoint's --model.{key} {theirs.get(key)!r} "
                       f"(the config says {mine.get(key)!r})", file=sys.stderr)
 
+    def before_instantiate_classes(self) -> None:
+        """Values Lightning or torch would reject only mid-run, with a traceback (``lit_qsum.config_checks``)."""
+        subcommand = self.config.get("subcommand")
+        check_settings(self.config[subcommand] if subcommand else self.config)
+
     def instantiate_classes(self) -> None:
         """Instantiate, then tell the data module which task (seq2seq or causal) the model is."""
         super().instantiate_classes()
@@ -192,11 +198,18 @@ def check_config_files(argv: list[str]) -> None:
         if not path.is_file():
             raise UserInputError(f"--config {value}: no such file")
         try:
-            yaml.safe_load(path.read_text(encoding="utf-8"))
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             raise UserInputError(f"--config {value} is not valid YAML: {err}") from err
         except UnicodeDecodeError as err:
             raise UserInputError(f"--config {value} is not UTF-8 text: {err}") from err
+        except OSError as err:
+            raise UserInputError(f"--config {value}: can't read the file ({err.strerror or err})") from err
+        if content is None:
+            raise UserInputError(f"--config {value} is empty; a config maps sections (trainer:, model:, data:) to settings")
+        if not isinstance(content, dict):
+            raise UserInputError(f"--config {value} holds a {type(content).__name__}, not a mapping of sections "
+                                 "(trainer:, model:, data:) to settings")
 
 
 def _user_error(err: BaseException) -> BaseException | None:

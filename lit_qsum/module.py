@@ -352,7 +352,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         params = self._trainable()
         if not params:
             raise UserInputError("no trainable parameters: check --model.lora.target_modules and --model.backend")
-        optimizer = self.optimizer_factory(params)
+        try:
+            optimizer = self.optimizer_factory(params)
+        except ValueError as err:  # torch's optimizers check lr, betas, eps and weight_decay only when built
+            raise UserInputError(f"--model.optimizer: {err}") from err
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
