@@ -31,7 +31,7 @@ from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.distributed import close_process_group
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
-from lit_qsum.profiles import PROFILES, expand_profile_flag
+from lit_qsum.profiles import apply_profile
 
 
 # The module steps its optimizer itself (see lit_qsum.steps) and every checkpoint
@@ -231,9 +231,10 @@ def main(args: list[str] | None = None) -> None:
             getattr(importlib.import_module(module_name), function)(argv[1:])  # imported only when used
             return
         check_config_files(argv)
-        argv, profile = expand_profile_flag(argv)
+        argv, profile, applied, left_out = apply_profile(argv)
         if profile is not None:
-            print(f"lit-qsum: profile {profile}: {PROFILES[profile]}", file=sys.stderr)
+            print(f"lit-qsum: profile {profile}: applied {', '.join(applied) or 'nothing'}"
+                  + (f"; your flags win over its {', '.join(left_out)}" if left_out else ""), file=sys.stderr)
         LitQsumCLI(args=argv)
         close_process_group(finished=True)
     except (ValueError, MisconfigurationException) as err:
