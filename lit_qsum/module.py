@@ -120,6 +120,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             raise UserInputError(f"--model.accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise UserInputError(f"--model.gradient_clip_val must be > 0 or null, got {gradient_clip_val}")
+        if num_logged_examples < 0:
+            raise UserInputError(f"--model.num_logged_examples must be >= 0, got {num_logged_examples}")
         if max_consecutive_nonfinite < 1:
             raise UserInputError(f"--model.max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
         self.spec = ModelSpec(
@@ -264,9 +266,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=size, prog_bar=prefix == "val")
         predictions = [text for _, (_, texts) in pieces for text in texts]
         rouge.update(predictions, batch["references"])
-        if prefix == "val" and len(self._val_examples) < self.num_logged_examples:
-            for example in zip(batch["dialogue"], batch["references"], predictions):
-                self._val_examples.append((example[0], example[1][0], example[2]))
+        room = self.num_logged_examples - len(self._val_examples)
+        if prefix == "val" and room > 0:  # the first examples of the validation, not the whole first batch
+            examples = zip(batch["dialogue"], batch["references"], predictions)
+            self._val_examples += [(dialogue, refs[0], pred) for dialogue, refs, pred in list(examples)[:room]]
         if prefix == "val" and batch_idx == 0 and predictions:
             rank_zero_info(f"example summary: {predictions[0]!r} | reference: {batch['references'][0][0]!r}")
 
