@@ -148,6 +148,11 @@ class LitQsumCLI(LightningCLI):
         if getattr(self.datamodule, "task", None) in (None, "auto"):
             self.datamodule.task = self.model.resolve_task()
 
+    def before_predict(self) -> None:
+        """Refuse a predict without ``--ckpt_path`` before the model loads (see ``SummaryCsvWriter.check_checkpoint``)."""
+        for writer in (c for c in self.trainer.callbacks if isinstance(c, SummaryCsvWriter)):
+            writer.check_checkpoint(self.config_init["predict"].get("ckpt_path"))
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
         """Add the atomic adapter-writing CheckpointIO and the progress bar, unless the config brings its own."""
         plugins = config.get("plugins") or []

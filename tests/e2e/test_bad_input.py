@@ -229,3 +229,21 @@ def test_config_that_is_not_a_mapping_names_the_file(tmp_path, capsys, monkeypat
     config.write_text(content, encoding="utf-8")
     err = run_cli(["fit", "--config", str(config)], capsys, monkeypatch, tmp_path)
     assert err.strip().splitlines()[0].startswith(f"lit-qsum: error: --config {config} {expected}"), err
+
+
+def test_predict_without_a_checkpoint_stops_before_loading_the_model(tmp_path, capsys, monkeypatch) -> None:
+    """An untrained LoRA adapter changes nothing: predict used to write the base model's (blank) summaries, exit 0."""
+    err = run_cli(["predict", "--config", DEMO, "--trainer.logger", "false"], capsys, monkeypatch, tmp_path)
+    [line] = err.strip().splitlines()
+    assert line.startswith("lit-qsum: error: predict needs --ckpt_path") and "--predictions.allow_untrained true" in line
+    assert not (tmp_path / "outputs").exists()  # nothing written, the demo's earlier predictions least of all
+    from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
+
+    SummaryCsvWriter(allow_untrained=True).check_checkpoint(None)  # asked for explicitly: allowed
+
+
+def test_demo_config_keeps_existing_predictions() -> None:
+    import yaml
+
+    predictions = yaml.safe_load(Path(DEMO).read_text(encoding="utf-8"))["predictions"]
+    assert predictions.get("overwrite", False) is False
