@@ -32,6 +32,7 @@ from lit_qsum.distributed import close_process_group
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
 from lit_qsum.profiles import apply_profile
+from lit_qsum.writable import check_logger_dirs
 
 
 # The module steps its optimizer itself (see lit_qsum.steps) and every checkpoint
@@ -145,6 +146,7 @@ class LitQsumCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Instantiate, then tell the data module which task (seq2seq or causal) the model is."""
         super().instantiate_classes()
+        check_logger_dirs(self.trainer.loggers)
         if getattr(self.datamodule, "task", None) in (None, "auto"):
             self.datamodule.task = self.model.resolve_task()
 

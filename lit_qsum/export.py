@@ -47,6 +47,7 @@ from lit_qsum.data.tokenizer import load_tokenizer
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
 from lit_qsum.settings import GenerationSettings
+from lit_qsum.writable import check_writable
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO_CLASS = {"seq2seq": "AutoModelForSeq2SeqLM", "causal": "AutoModelForCausalLM"}
@@ -147,6 +148,7 @@ def _check_output_dir(target: Path, ckpt: Path, overwrite: bool) -> None:
         raise UserInputError(f"--output_dir {target}: exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UserInputError(f"--output_dir {target}: exists and is not empty; pass --overwrite true to replace it")
+    check_writable(target.parent if target.exists() else target, "--output_dir")  # built beside it, then renamed
     resolved = target.resolve()
     if resolved in ckpt.resolve().parents or resolved == adapter_dir(ckpt).resolve():
         raise UserInputError(f"--output_dir {target}: holds --ckpt_path {ckpt} or its adapter; it must not be replaced")

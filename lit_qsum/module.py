@@ -28,6 +28,7 @@ from lit_qsum import rng_state
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
+from lit_qsum.metrics.tokenizers import check_tokenizer
 from lit_qsum.fastpath import apply_speedups, restore_speedups
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings, SpeedSettings
 from lit_qsum.steps import ManualSteps
@@ -160,6 +161,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.model is not None:
             return
+        if stage != "predict":  # scoring needs the ROUGE tokenizer's optional package; say so before loading weights
+            check_tokenizer(self.val_rouge.tokenizer)
         trainer = self.trainer
         device = trainer.strategy.root_device
         self.loaded = load_model(self.spec, device=device, num_devices=trainer.world_size)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +14,7 @@ from typing_extensions import override
 
 from lit_qsum.atomic_io import atomic_file
 from lit_qsum.errors import UserInputError
+from lit_qsum.writable import check_writable
 
 
 class SummaryCsvWriter(BasePredictionWriter):
@@ -57,17 +57,7 @@ class SummaryCsvWriter(BasePredictionWriter):
             raise UserInputError(f"{path} exists; pass --predictions.overwrite true or choose --predictions.output_path")
         if path.is_dir():
             raise UserInputError(f"--predictions.output_path {path} is a directory; give a .csv file path")
-        parent = path.parent
-        existing = next(p for p in (parent, *parent.parents) if p.exists())
-        if not existing.is_dir():
-            raise UserInputError(f"--predictions.output_path {path}: {existing} is a file, not a folder")
-        try:  # a real write, not os.access: root passes os.access on read-only mounts and /proc
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as err:
-            raise UserInputError(
-                f"--predictions.output_path {path}: can't write in {existing} ({err.strerror or err})"
-            ) from err
+        check_writable(path, "--predictions.output_path")
 
     @override
     def write_on_epoch_end(

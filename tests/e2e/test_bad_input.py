@@ -247,3 +247,53 @@ def test_demo_config_keeps_existing_predictions() -> None:
 
     predictions = yaml.safe_load(Path(DEMO).read_text(encoding="utf-8"))["predictions"]
     assert predictions.get("overwrite", False) is False
+
+
+def _refuse_writes_in(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` unwritable for the write probe (the tests run as root, which ignores permission bits)."""
+    import errno
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+
+
+def test_ko_extra_missing_is_one_line_and_predict_does_not_need_it(tmp_path, capsys, monkeypatch) -> None:
+    from lit_qsum.module import SummarizationModule
+
+    monkeypatch.setitem(sys.modules, "kiwipiepy", None)  # as without `pip install 'lit-qsum[ko]'`
+    err = run_cli(fit("--model.rouge_tokenizer", "morpheme"), capsys, monkeypatch, tmp_path)
+    [line] = err.strip().splitlines()
+    assert line == "lit-qsum: error: --model.rouge_tokenizer morpheme needs kiwipiepy: pip install 'lit-qsum[ko]'"
+    # predict scores nothing: the module builds, and the check only runs for stages that score
+    SummarizationModule(model_config={"model_type": "t5"}, tokenizer="lit_qsum:demo", rouge_tokenizer="morpheme")
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "unwritable"])
+def test_export_output_dir_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch, where) -> None:
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "ro").mkdir()
+    _refuse_writes_in(monkeypatch, tmp_path / "ro")
+    out = tmp_path / ("a_file/export" if where == "under_a_file" else "ro/export")
+    err = run_cli(["export", "--ckpt_path", str(tmp_path / "x.ckpt"), "--output_dir", str(out)], capsys, monkeypatch,
+                  tmp_path)
+    [line] = err.strip().splitlines()
+    expected = "a_file is a file, not a folder" if where == "under_a_file" else "can't write in"
+    assert line.startswith(f"lit-qsum: error: --output_dir {out}: ") and expected in line, line
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "unwritable"])
+def test_tensorboard_save_dir_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch, where) -> None:
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "ro").mkdir()
+    _refuse_writes_in(monkeypatch, tmp_path / "ro")
+    save_dir = tmp_path / ("a_file/tb" if where == "under_a_file" else "ro/tb")
+    err = run_cli(fit("--trainer.logger.init_args.save_dir", str(save_dir)), capsys, monkeypatch, tmp_path)
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"lit-qsum: error: --trainer.logger.init_args.save_dir {save_dir}"), line
