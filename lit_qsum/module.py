@@ -71,11 +71,11 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         model_config: dict | None = None,
         tokenizer: str | None = None,
         backend: BackendRequest = "auto",
-        lora: LoraSettings | None = None,
-        quantization: QuantizationSettings | None = None,
+        lora: LoraSettings = LoraSettings(),  # noqa: B008 - a dataclass default lists its fields in --help
+        quantization: QuantizationSettings = QuantizationSettings(),  # noqa: B008 - never mutated
         gradient_checkpointing: bool = False,
         speed: SpeedSettings | None = None,
-        generation: GenerationSettings | None = None,
+        generation: GenerationSettings = GenerationSettings(),  # noqa: B008
         rouge_tokenizer: RougeTokenizer = "default",
         rouge_multi_ref: MultiRef = "best",
         optimizer: OptimizerCallable = _default_optimizer,
@@ -130,7 +130,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             model_config=model_config,
             tokenizer=tokenizer,
             backend=backend,
-            lora=lora or LoraSettings(),
+            lora=lora or LoraSettings(),  # None: hyper_parameters of checkpoints saved when None was the default
             quantization=quantization or QuantizationSettings(),
             gradient_checkpointing=gradient_checkpointing,
             init_seed=init_seed,
@@ -153,6 +153,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.loaded: LoadedModel | None = None
         self.run_facts: dict[str, Any] = {}
         self._val_examples: list[tuple[str, str, str]] = []
+        self.checkpoint_step: int | None = None  # the optimizer step of the checkpoint loaded, if any
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
 
@@ -505,6 +506,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # validate/test/predict restore no loop state, so trainer.global_step stays 0 there: keep the checkpoint's
+        self.checkpoint_step = checkpoint.get("global_step")
         if self.model is None:
             return
         missing = {f"model.{n}" for n in fsdp.trainable_state(self.model)} - set(checkpoint.get("state_dict", {}))

@@ -55,7 +55,8 @@ def test_non_utf8_file(tmp_path, capsys, monkeypatch) -> None:
 
 def test_unknown_config_key(tmp_path, capsys, monkeypatch) -> None:
     err = run_cli(fit("--model.lora_rnak", "8"), capsys, monkeypatch, tmp_path)
-    assert err.splitlines() == ["lit-qsum: error: unrecognized arguments: --model.lora_rnak 8",
+    assert err.splitlines() == ["lit-qsum: error: unrecognized arguments: --model.lora_rnak 8 "
+                                "(did you mean --model.lora.rank?)",
                                 "(`lit-qsum fit --help` lists every flag)"]  # not jsonargparse's 100-line usage
 
 

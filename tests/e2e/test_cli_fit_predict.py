@@ -186,3 +186,23 @@ def test_missing_or_unreadable_checkpoint_is_one_line(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     expected = "no such file" if content is None else "not a readable Lightning checkpoint"
     assert err.startswith(f"lit-qsum: error: --ckpt_path {ckpt}: {expected}"), err
+
+
+def test_validate_of_a_checkpoint_reports_its_training_step(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate restores no loop state, so Lightning's global_step is 0 there; the line names the checkpoint's step."""
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    step = torch.load(ckpt, weights_only=False)["global_step"]
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
+    try:
+        main(["validate", "--config", DEMO, "--ckpt_path", str(ckpt), "--trainer.logger", "false",
+              "--data.max_eval_samples", "8", "--data.eval_batch_size", "8", "--model.generation.max_new_tokens", "4",
+              "--trainer.callbacks+=lit_qsum.callbacks.progress.SummarizationProgressBar",
+              "--trainer.callbacks.plain", "true"])
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    [line] = [line for line in lines if line.startswith("validation at step")]
+    assert line.startswith(f"validation at step {step}: ") and step > 0, line
