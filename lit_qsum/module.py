@@ -25,6 +25,7 @@ from lit_qsum.backends.choice import BackendRequest
 from lit_qsum.backends.hf import load_config, task_of
 from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
 from lit_qsum import rng_state
+from lit_qsum.cpu_threads import set_cpu_threads
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
@@ -154,6 +155,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.run_facts: dict[str, Any] = {}
         self._val_examples: list[tuple[str, str, str]] = []
         self.checkpoint_step: int | None = None  # the optimizer step of the checkpoint loaded, if any
+        self._threads_before: int | None = None
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
 
@@ -166,6 +168,11 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             check_tokenizer(self.val_rouge.tokenizer)
         trainer = self.trainer
         device = trainer.strategy.root_device
+        if device.type == "cpu":
+            self._threads_before = torch.get_num_threads()  # restored in teardown, for callers that go on
+            line = set_cpu_threads()
+            if line:
+                rank_zero_info(line)
         self.loaded = load_model(self.spec, device=device, num_devices=trainer.world_size)
         self.model = self.loaded.model
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found
@@ -446,6 +453,9 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     @override
     def teardown(self, stage: str) -> None:
         restore_speedups()
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     def _lr_lambda(self, total_steps: float):
         self._lr_total_steps = total_steps

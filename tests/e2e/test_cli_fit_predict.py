@@ -56,6 +56,20 @@ def test_fit_says_the_effective_batch_the_length_and_where_outputs_go(trained: P
     assert "outputs/demo/checkpoints" in summary and "logs -> outputs/demo/tensorboard/version_0" in summary
 
 
+def test_fit_on_the_cpu_says_how_many_threads_it_uses(trained: Path) -> None:
+    import os
+
+    from lit_qsum.cpu_threads import choose_cpu_threads, usable_cores
+
+    log = (trained.parents[1] / "fit.log").read_text(encoding="utf-8").splitlines()
+    lines = [line for line in log if line.startswith("cpu threads: ")]
+    threads = choose_cpu_threads(usable_cores(), os.environ)
+    if threads is None:  # OMP_NUM_THREADS is set here: lit-qsum leaves torch alone and says nothing
+        assert not lines
+        return
+    assert len(lines) == 1 and lines[0].startswith(f"cpu threads: {threads} of {usable_cores()} cores"), lines
+
+
 def test_fit_writes_checkpoint_adapter_and_tensorboard_logs(trained: Path) -> None:
     ckpt = trained / "checkpoints" / "best.ckpt"
     assert ckpt.is_file()
