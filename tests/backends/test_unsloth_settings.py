@@ -78,3 +78,12 @@ def test_unsloth_gets_the_lora_patterns_and_a_dropped_one_stops_the_run(monkeypa
     monkeypatch.setattr(_FakeFastLanguageModel, "drop", ("alpha_pattern",))
     with pytest.raises(UserInputError, match="--model.lora.alpha_pattern: this unsloth version did not apply it"):
         _load(lora)
+
+
+def test_env_report_gives_the_same_reason_as_fit(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lit_qsum.env_report import env_command
+
+    config = tmp_path / "fp4.yaml"
+    config.write_text("model:\n  model_config: {model_type: llama}\n  quantization: {bnb_4bit_quant_type: fp4}\n")
+    env_command(["--config", str(config), "--device", "cpu"])
+    assert "not unsloth: --model.quantization.bnb_4bit_quant_type fp4: Unsloth loads" in capsys.readouterr().out
