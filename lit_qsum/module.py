@@ -72,8 +72,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         model_config: dict | None = None,
         tokenizer: str | None = None,
         backend: BackendRequest = "auto",
-        lora: LoraSettings = LoraSettings(),  # noqa: B008 - a dataclass default lists its fields in --help
-        quantization: QuantizationSettings = QuantizationSettings(),  # noqa: B008 - never mutated
+        lora: LoraSettings = LoraSettings(),  # noqa: B008 - instances (never mutated) list their fields in --help
+        quantization: QuantizationSettings = QuantizationSettings(),  # noqa: B008
         gradient_checkpointing: bool = False,
         speed: SpeedSettings | None = None,
         generation: GenerationSettings = GenerationSettings(),  # noqa: B008
