@@ -54,9 +54,10 @@ class AdapterCheckpointIO(TorchCheckpointIO):
                 save_adapter(adapter, adapter_dir(target))
         except OSError as err:  # disk full, permissions: the previous checkpoint is still intact
             raise UserInputError(
-                f"could not write checkpoint {target}: {err.strerror or err}. Free disk space or point "
-                "the ModelCheckpoint dirpath (--trainer.default_root_dir) somewhere writable; the previous "
-                "checkpoint in that folder is unchanged."
+                f"could not write checkpoint {target}: {err.strerror or err}. Free disk space or move the "
+                "checkpoints: set init_args.dirpath of the config's ModelCheckpoint callbacks (--trainer.callbacks) "
+                "to a writable folder (--trainer.default_root_dir moves only checkpoints without a dirpath); "
+                "the previous checkpoint in that folder is unchanged."
             ) from err
 
     @override

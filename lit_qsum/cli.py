@@ -8,6 +8,7 @@ one ``lit-qsum: error: ...`` line, not a traceback (set ``LIT_QSUM_DEBUG=1`` for
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -26,11 +27,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
 from lit_qsum.callbacks.progress import SummarizationProgressBar
 from lit_qsum.checkpoint_io import AdapterCheckpointIO
+from lit_qsum.config_checks import check_settings
 from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.distributed import close_process_group
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
-from lit_qsum.profiles import PROFILES, expand_profile_flag
+from lit_qsum.profiles import PROFILES, apply_profile
+from lit_qsum.writable import check_logger_dirs
 
 
 # The module steps its optimizer itself (see lit_qsum.steps) and every checkpoint
@@ -66,6 +69,25 @@ MAIN_HELP = (
 )
 
 
+# argparse's usage would list all ~110 flags of fit before a word of description; the flags follow below anyway
+SUBCOMMAND_USAGE = "lit-qsum {name} --config CONFIG.yaml [--profile auto|{profiles}] [--section.flag VALUE ...]"
+SUBCOMMAND_HELP = (
+    "--profile applies a GPU profile's memory knobs (batch size, accumulation, checkpointing, precision) on top of "
+    "the configs; flags you type win over it. Common flags: --data.train_path, --data.val_path, "
+    "--model.model_name_or_path, --model.lora.rank, --model.lora.alpha, --data.batch_size, --trainer.max_epochs, "
+    "--model.generation.num_beams."
+)
+# Settings classes document their fields in attribute docstrings (lit_qsum/settings.py); show them in --help
+try:
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+except (ImportError, TypeError):  # jsonargparse releases before set_parsing_settings took this option
+    from jsonargparse import set_docstring_parse_options
+
+    set_docstring_parse_options(attribute_docstrings=True)
+
+
 class _Parser(LightningArgumentParser):
     """jsonargparse prints the whole usage (~100 lines for ``fit``) above a parse error; here the error alone."""
 
@@ -74,8 +96,21 @@ class _Parser(LightningArgumentParser):
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        print(f"lit-qsum: error: {message.strip()}\n(`{prog} --help` lists every flag)", file=sys.stderr)
+        print(f"lit-qsum: error: {message.strip()}{_did_you_mean(message, parser)}\n(`{prog} --help` lists every flag)",
+              file=sys.stderr)
         sys.exit(2)
+
+
+def _did_you_mean(message: str, parser: Any) -> str:
+    """`` (did you mean --model.lora.rank?)`` for a mistyped flag of an "unrecognized arguments" error."""
+    if "unrecognized arguments" not in message:
+        return ""
+    known = [flag for action in parser._actions for flag in action.option_strings]  # argparse has no public list
+    for token in message.split():
+        close = difflib.get_close_matches(token.split("=", 1)[0], known, n=1, cutoff=0.8) if token.startswith("--") else []
+        if close:
+            return f" (did you mean {close[0]}?)"
+    return ""
 
 
 class LitQsumCLI(LightningCLI):
@@ -86,7 +121,11 @@ class LitQsumCLI(LightningCLI):
             SummarizationModule,
             SummarizationDataModule,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": MAIN_HELP},
+            parser_kwargs={
+                "description": MAIN_HELP,
+                **{name: {"usage": SUBCOMMAND_USAGE.format(name=name, profiles="|".join(PROFILES)),
+                          "description": SUBCOMMAND_HELP} for name in LIGHTNING_COMMANDS},
+            },
             parser_class=_Parser,
             trainer_defaults={"use_distributed_sampler": False},
             args=args,
@@ -110,6 +149,10 @@ class LitQsumCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path:
             return
+        if Path(ckpt_path).is_dir():
+            found = sorted(p.name for p in Path(ckpt_path).glob("*.ckpt"))
+            raise UserInputError(f"--ckpt_path {ckpt_path} is a folder; give one checkpoint file in it"
+                                 + (f" ({', '.join(found[:4])})" if found else ": it holds no .ckpt file"))
         if not Path(ckpt_path).is_file():
             if ckpt_path in CKPT_ALIASES or "://" in str(ckpt_path) or str(ckpt_path).startswith("registry"):
                 return
@@ -136,11 +179,22 @@ class LitQsumCLI(LightningCLI):
                 print(f"lit-qsum: --ckpt_path {ckpt_path}: using the checkpoint's --model.{key} {theirs.get(key)!r} "
                       f"(the config says {mine.get(key)!r})", file=sys.stderr)
 
+    def before_instantiate_classes(self) -> None:
+        """Values Lightning or torch would reject only mid-run, with a traceback (``lit_qsum.config_checks``)."""
+        subcommand = self.config.get("subcommand")
+        check_settings(self.config[subcommand] if subcommand else self.config)
+
     def instantiate_classes(self) -> None:
         """Instantiate, then tell the data module which task (seq2seq or causal) the model is."""
         super().instantiate_classes()
+        check_logger_dirs(self.trainer.loggers)
         if getattr(self.datamodule, "task", None) in (None, "auto"):
             self.datamodule.task = self.model.resolve_task()
+
+    def before_predict(self) -> None:
+        """Refuse a predict without ``--ckpt_path`` before the model loads (see ``SummaryCsvWriter.check_checkpoint``)."""
+        for writer in (c for c in self.trainer.callbacks if isinstance(c, SummaryCsvWriter)):
+            writer.check_checkpoint(self.config_init["predict"].get("ckpt_path"))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
         """Add the atomic adapter-writing CheckpointIO and the progress bar, unless the config brings its own."""
@@ -175,6 +229,7 @@ MODEL_IDENTITY = ("model_name_or_path", "model_config", "tokenizer", "backend", 
 # --ckpt_path values Lightning resolves itself ("last" finds the newest checkpoint of the run)
 CKPT_ALIASES = ("last", "best", "hpc")
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # commands beside LightningCLI's fit/validate/test/predict: name -> (module, function taking the rest of argv)
 EXTRA_COMMANDS = {
     "env": ("lit_qsum.env_report", "env_command"),
@@ -192,11 +247,28 @@ def check_config_files(argv: list[str]) -> None:
         if not path.is_file():
             raise UserInputError(f"--config {value}: no such file")
         try:
-            yaml.safe_load(path.read_text(encoding="utf-8"))
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             raise UserInputError(f"--config {value} is not valid YAML: {err}") from err
         except UnicodeDecodeError as err:
             raise UserInputError(f"--config {value} is not UTF-8 text: {err}") from err
+        except OSError as err:
+            raise UserInputError(f"--config {value}: can't read the file ({err.strerror or err})") from err
+        if content is None:
+            raise UserInputError(f"--config {value} is empty; a config maps sections (trainer:, model:, data:) to settings")
+        if not isinstance(content, dict):
+            raise UserInputError(f"--config {value} holds a {type(content).__name__}, not a mapping of sections "
+                                 "(trainer:, model:, data:) to settings")
+
+
+def check_command(argv: list[str]) -> None:
+    """Name every command when the first word is none of them (jsonargparse would list Lightning's four only)."""
+    if not argv or argv[0].startswith("-") or argv[0] in LIGHTNING_COMMANDS:
+        return
+    commands = [*LIGHTNING_COMMANDS, *EXTRA_COMMANDS]
+    close = difflib.get_close_matches(argv[0], commands, n=1)
+    raise UserInputError(f"{argv[0]!r} is not a lit-qsum command" + (f" (did you mean {close[0]}?)" if close else "")
+                         + f"; choose one of {', '.join(commands)} (`lit-qsum --help` says what each does)")
 
 
 def _user_error(err: BaseException) -> BaseException | None:
@@ -217,10 +289,12 @@ def main(args: list[str] | None = None) -> None:
             module_name, function = EXTRA_COMMANDS[argv[0]]
             getattr(importlib.import_module(module_name), function)(argv[1:])  # imported only when used
             return
+        check_command(argv)
         check_config_files(argv)
-        argv, profile = expand_profile_flag(argv)
+        argv, profile, applied, left_out = apply_profile(argv)
         if profile is not None:
-            print(f"lit-qsum: profile {profile}: {PROFILES[profile]}", file=sys.stderr)
+            print(f"lit-qsum: profile {profile}: applied {', '.join(applied) or 'nothing'}"
+                  + (f"; your flags win over its {', '.join(left_out)}" if left_out else ""), file=sys.stderr)
         LitQsumCLI(args=argv)
         close_process_group(finished=True)
     except (ValueError, MisconfigurationException) as err:

@@ -10,7 +10,9 @@ import yaml
 from lit_qsum.backends.choice import choose_backend
 from lit_qsum.backends.hf import load_config, task_of
 from lit_qsum.backends.probe import probe_environment
+from lit_qsum.backends.unsloth_backend import unsloth_setting_blockers
 from lit_qsum.errors import UserInputError
+from lit_qsum.settings import LoraSettings, QuantizationSettings
 
 
 def _model_section(config_path: str | None) -> dict:
@@ -42,6 +44,16 @@ def _model_type(model: dict) -> tuple[str, bool] | None:
     return config.model_type, task_of(config) == "seq2seq"
 
 
+def _unsloth_settings(model: dict) -> list[str]:
+    """The config's LoRA/quantization settings Unsloth can't honour, as fit would find them."""
+    try:
+        lora = LoraSettings(**(model.get("lora") or {}))
+        quant = QuantizationSettings(**(model.get("quantization") or {}))
+    except TypeError as err:  # an unknown key: fit reports it with the flag; here the decision is what matters
+        raise UserInputError(f"--config: model.lora or model.quantization: {err}") from err
+    return unsloth_setting_blockers(lora, quant)
+
+
 def env_command(argv: list[str]) -> None:
     """Print the environment report; with ``--config``, also the backend decision for that model."""
     parser = argparse.ArgumentParser(prog="lit-qsum env", description=__doc__)
@@ -68,6 +80,7 @@ def env_command(argv: list[str]) -> None:
             is_encoder_decoder=encoder_decoder,
             device_type=device,
             num_devices=ns.devices,
+            unsloth_settings=_unsloth_settings(model),
         )
     except UserInputError as err:
         print(f"\nmodel {model_type}: the requested backend can't run here:\n{err}")

@@ -14,8 +14,10 @@ transformers version that trained (its init code may change between versions).
 ``--merge true`` (default) writes a plain Hugging Face folder (weights, config, generation config with
 the checkpoint's generation settings, tokenizer) for ``AutoModelFor{Seq2SeqLM,CausalLM}.from_pretrained``;
 full fine-tuning checkpoints (``--model.backend full``) export their full weights this way.
-``--merge false`` writes the peft adapter, the tokenizer and ``base_model.json`` naming the base;
-a random-init base (``--model.model_config``) has no name to download, so it is copied into ``base/``.
+``--merge false`` writes the peft adapter, the tokenizer, the same generation config and ``base_model.json``
+naming the base; a random-init base (``--model.model_config``) has no name to download, so it is copied into
+``base/``. Its printed ``load with:`` line passes that generation config to the base's ``from_pretrained``: the
+base's own has no ``max_new_tokens``, and a bare ``generate()`` would stop at transformers' default of 20 tokens.
 Provenance and the input format (source checkpoint, causal prompt template, generation settings) go
 to ``lit_qsum_export.json`` (merged) or ``base_model.json`` (adapter).
 """
@@ -23,6 +25,7 @@ to ``lit_qsum_export.json`` (merged) or ``base_model.json`` (adapter).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 from dataclasses import asdict
@@ -33,6 +36,7 @@ import torch
 from lightning.pytorch.cli import instantiate_module
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
+from transformers import GenerationConfig
 
 from lit_qsum.atomic_io import new_temp_dir, publish_dir
 from lit_qsum.backends import hf
@@ -43,6 +47,7 @@ from lit_qsum.data.tokenizer import load_tokenizer
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
 from lit_qsum.settings import GenerationSettings
+from lit_qsum.writable import check_writable
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO_CLASS = {"seq2seq": "AutoModelForSeq2SeqLM", "causal": "AutoModelForCausalLM"}
@@ -110,14 +115,22 @@ def export_checkpoint(
         info = _provenance(checkpoint, ckpt, spec, task, config.model_type, module.generation)
         if merge:
             model = model.merge_and_unload() if backend != "full" else model
-            _apply_generation_settings(model, info["generation"], tokenizer)
+            _apply_generation_settings(model.generation_config, info["generation"], tokenizer)
             model.save_pretrained(tmp)
             info["load_with"] = f"transformers.{AUTO_CLASS[task]}.from_pretrained('{HERE}')"
             (tmp / "lit_qsum_export.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
         else:
             base_name = _write_adapter(model, tmp, spec, base_path)
             bundled = spec.model_config is not None
-            base = f"transformers.{AUTO_CLASS[task]}.from_pretrained('{HERE + '/base' if bundled else base_name}')"
+            # the base's own generation_config.json lacks lit-qsum's settings (no max_new_tokens: a bare generate()
+            # stops at transformers' default max_length of 20), so the export carries them and the load line uses them
+            generation = copy.deepcopy(model.get_base_model().generation_config)
+            _apply_generation_settings(generation, info["generation"], tokenizer)
+            generation.save_pretrained(tmp)
+            if bundled:
+                generation.save_pretrained(tmp / "base")
+            base = (f"transformers.{AUTO_CLASS[task]}.from_pretrained('{HERE + '/base' if bundled else base_name}', "
+                    f"generation_config=transformers.GenerationConfig.from_pretrained('{HERE}'))")
             info.update(base_model_name_or_path=base_name, base_bundled=bundled,
                         load_with=f"peft.PeftModel.from_pretrained({base}, '{HERE}')")
             (tmp / "base_model.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
@@ -135,6 +148,7 @@ def _check_output_dir(target: Path, ckpt: Path, overwrite: bool) -> None:
         raise UserInputError(f"--output_dir {target}: exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UserInputError(f"--output_dir {target}: exists and is not empty; pass --overwrite true to replace it")
+    check_writable(target.parent if target.exists() else target, "--output_dir")  # built beside it, then renamed
     resolved = target.resolve()
     if resolved in ckpt.resolve().parents or resolved == adapter_dir(ckpt).resolve():
         raise UserInputError(f"--output_dir {target}: holds --ckpt_path {ckpt} or its adapter; it must not be replaced")
@@ -236,9 +250,8 @@ def _provenance(
     }
 
 
-def _apply_generation_settings(model: torch.nn.Module, gen: dict[str, Any], tokenizer: Any) -> None:
+def _apply_generation_settings(config: GenerationConfig, gen: dict[str, Any], tokenizer: Any) -> None:
     """Bake the checkpoint's generation settings in, so a bare ``generate()`` decodes as ``lit-qsum predict`` does."""
-    config = model.generation_config
     config.do_sample = False
     config.max_new_tokens = gen["max_new_tokens"]
     config.num_beams = gen["num_beams"]

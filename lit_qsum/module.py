@@ -25,9 +25,11 @@ from lit_qsum.backends.choice import BackendRequest
 from lit_qsum.backends.hf import load_config, task_of
 from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
 from lit_qsum import rng_state
+from lit_qsum.cpu_threads import set_cpu_threads
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
+from lit_qsum.metrics.tokenizers import check_tokenizer
 from lit_qsum.fastpath import apply_speedups, cuda_graphs, restore_speedups
 from lit_qsum.fastpath.optimizer import prefer_fused_adam
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings, SpeedSettings
@@ -71,11 +73,11 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         model_config: dict | None = None,
         tokenizer: str | None = None,
         backend: BackendRequest = "auto",
-        lora: LoraSettings | None = None,
-        quantization: QuantizationSettings | None = None,
+        lora: LoraSettings = LoraSettings(),  # noqa: B008 - instances (never mutated) list their fields in --help
+        quantization: QuantizationSettings = QuantizationSettings(),  # noqa: B008
         gradient_checkpointing: bool = False,
         speed: SpeedSettings | None = None,
-        generation: GenerationSettings | None = None,
+        generation: GenerationSettings = GenerationSettings(),  # noqa: B008
         rouge_tokenizer: RougeTokenizer = "default",
         rouge_multi_ref: MultiRef = "best",
         optimizer: OptimizerCallable = _default_optimizer,
@@ -121,6 +123,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             raise UserInputError(f"--model.accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise UserInputError(f"--model.gradient_clip_val must be > 0 or null, got {gradient_clip_val}")
+        if num_logged_examples < 0:
+            raise UserInputError(f"--model.num_logged_examples must be >= 0, got {num_logged_examples}")
         if max_consecutive_nonfinite < 1:
             raise UserInputError(f"--model.max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
         self.spec = ModelSpec(
@@ -128,7 +132,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             model_config=model_config,
             tokenizer=tokenizer,
             backend=backend,
-            lora=lora or LoraSettings(),
+            lora=lora or LoraSettings(),  # None: hyper_parameters of checkpoints saved when None was the default
             quantization=quantization or QuantizationSettings(),
             gradient_checkpointing=gradient_checkpointing,
             init_seed=init_seed,
@@ -151,6 +155,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.loaded: LoadedModel | None = None
         self.run_facts: dict[str, Any] = {}
         self._val_examples: list[tuple[str, str, str]] = []
+        self.checkpoint_step: int | None = None  # the optimizer step of the checkpoint loaded, if any
+        self._threads_before: int | None = None
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
 
@@ -159,8 +165,15 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.model is not None:
             return
+        if stage != "predict":  # scoring needs the ROUGE tokenizer's optional package; say so before loading weights
+            check_tokenizer(self.val_rouge.tokenizer)
         trainer = self.trainer
         device = trainer.strategy.root_device
+        if device.type == "cpu":
+            self._threads_before = torch.get_num_threads()  # restored in teardown, for callers that go on
+            line = set_cpu_threads()
+            if line:
+                rank_zero_info(line)
         self.loaded = load_model(self.spec, device=device, num_devices=trainer.world_size)
         self.model = self.loaded.model
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found
@@ -265,9 +278,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=size, prog_bar=prefix == "val")
         predictions = [text for _, (_, texts) in pieces for text in texts]
         rouge.update(predictions, batch["references"])
-        if prefix == "val" and len(self._val_examples) < self.num_logged_examples:
-            for example in zip(batch["dialogue"], batch["references"], predictions):
-                self._val_examples.append((example[0], example[1][0], example[2]))
+        room = self.num_logged_examples - len(self._val_examples)
+        if prefix == "val" and room > 0:  # the first examples of the validation, not the whole first batch
+            examples = zip(batch["dialogue"], batch["references"], predictions)
+            self._val_examples += [(dialogue, refs[0], pred) for dialogue, refs, pred in list(examples)[:room]]
         if prefix == "val" and batch_idx == 0 and predictions:
             rank_zero_info(f"example summary: {predictions[0]!r} | reference: {batch['references'][0][0]!r}")
 
@@ -353,7 +367,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         params = self._trainable()
         if not params:
             raise UserInputError("no trainable parameters: check --model.lora.target_modules and --model.backend")
-        optimizer = self.optimizer_factory(params)
+        try:
+            optimizer = self.optimizer_factory(params)
+        except ValueError as err:  # torch's optimizers check lr, betas, eps and weight_decay only when built
+            raise UserInputError(f"--model.optimizer: {err}") from err
         if self.speed.fused_optimizer:
             prefer_fused_adam(optimizer)
         if self.scheduler_factory is not None:
@@ -464,6 +481,9 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     @override
     def teardown(self, stage: str) -> None:
         restore_speedups()
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     def _lr_lambda(self, total_steps: float):
         self._lr_total_steps = total_steps
@@ -524,6 +544,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # validate/test/predict restore no loop state, so trainer.global_step stays 0 there: keep the checkpoint's
+        self.checkpoint_step = checkpoint.get("global_step")
         if self.model is None:
             return
         missing = {f"model.{n}" for n in fsdp.trainable_state(self.model)} - set(checkpoint.get("state_dict", {}))

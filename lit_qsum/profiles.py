@@ -72,9 +72,22 @@ def detect_profile(total_gib: float | None) -> str:
 
 
 def expand_profile_flag(argv: list[str]) -> tuple[list[str], str | None]:
-    """Replace ``--profile NAME|auto`` in ``argv`` by the profile's flags (placed after any --config)."""
+    """Replace ``--profile NAME|auto`` in ``argv`` by the profile's flags; see ``apply_profile``."""
+    argv, name, _, _ = apply_profile(argv)
+    return argv, name
+
+
+def apply_profile(argv: list[str]) -> tuple[list[str], str | None, list[str], list[str]]:
+    """``argv`` with ``--profile NAME|auto`` replaced by the profile's flags, the profile's name, and two lists
+    for the log: the profile's flags applied (``--data.batch_size 32``) and those left out because ``argv`` sets
+    them itself.
+
+    The profile goes on top of the ``--config`` files (it is placed after the last one) and under the flags the
+    user typed: a profile flag whose key the user gives (or a parent of it: ``--model.lora`` covers
+    ``--model.lora.rank``) is dropped, wherever the user's flag stands.
+    """
     if "--profile" not in argv:
-        return argv, None
+        return argv, None, [], []
     i = argv.index("--profile")
     if i + 1 >= len(argv):
         raise UserInputError("--profile needs a value: auto or one of " + ", ".join(PROFILES))
@@ -84,4 +97,20 @@ def expand_profile_flag(argv: list[str]) -> tuple[list[str], str | None]:
         name = detect_profile(total)
     if name not in PROFILES:
         raise UserInputError(f"--profile {name!r} is not a profile; choose auto or one of " + ", ".join(PROFILES))
-    return argv[:i] + argv[i + 2 :] + PROFILES[name].overrides(), name
+    rest = argv[:i] + argv[i + 2 :]
+    given = {_flag_key(token) for token in rest if token.startswith("--")}
+    flags = PROFILES[name].overrides()
+    applied, left_out = [], []
+    for flag, value in zip(flags[::2], flags[1::2]):
+        key = _flag_key(flag)
+        mine = any(key == k or key.startswith(k + ".") for k in given)
+        (left_out if mine else applied).append((flag, value))
+    configs = [j for j, token in enumerate(rest[:-1]) if token in ("--config", "-c")]
+    at = configs[-1] + 2 if configs else len(rest)
+    expanded = rest[:at] + [token for pair in applied for token in pair] + rest[at:]
+    return expanded, name, [f"{f} {v}" for f, v in applied], [f"{f} {v}" for f, v in left_out]
+
+
+def _flag_key(token: str) -> str:
+    """``--data.batch_size=8`` or ``--trainer.callbacks+=x.yaml`` -> ``data.batch_size`` / ``trainer.callbacks``."""
+    return token.split("=", 1)[0].removesuffix("+").removeprefix("--")

@@ -51,3 +51,32 @@ def test_microbatches_follow_the_measured_order() -> None:
     cards = ["h100", "rtx3090", "rtx4080", "rtx4070", "rtx4060"]
     sizes = [PROFILES[c].batch_size for c in cards]
     assert sizes == sorted(sizes, reverse=True)
+
+
+def test_explicit_flags_win_over_the_profile() -> None:
+    """``--profile rtx4080 --data.batch_size 8`` trains at 8: the profile sits between the configs and the flags."""
+    argv, _ = expand_profile_flag(["fit", "--config", "x.yaml", "--profile", "rtx4080", "--data.batch_size=8",
+                                   "--model.lora", "{rank: 4}", "--config", "y.yaml"])
+    values = {argv[j]: argv[j + 1] for j in range(len(argv) - 1) if argv[j].startswith("--")}
+    assert "--data.batch_size" not in values and "--data.batch_size=8" in argv  # the user's value alone
+    assert values["--data.eval_batch_size"] == "32"  # the profile's, for what the user left unset
+    assert argv.index("--data.eval_batch_size") > argv.index("y.yaml")  # on top of every config file
+
+
+def test_profile_says_what_it_applied_and_what_the_flags_kept(capsys, monkeypatch) -> None:
+    import sys
+
+    import yaml
+
+    from lit_qsum.cli import main
+
+    demo = str(CONFIGS / "demo.yaml")
+    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", demo, "--profile", "rtx4080", "--data.batch_size", "8", "--print_config"])
+    out, err = capsys.readouterr()
+    config = yaml.safe_load(out)
+    assert config["data"]["batch_size"] == 8 and config["data"]["eval_batch_size"] == 32
+    assert ("lit-qsum: profile rtx4080: applied --data.eval_batch_size 32, --model.accumulate_grad_batches 1, "
+            "--model.gradient_checkpointing true, --trainer.precision bf16-mixed; "
+            "your flags win over its --data.batch_size 32") in err

@@ -6,6 +6,7 @@ Order of preference: unsloth (fastest, decoder-only only) > qlora (peft + bitsan
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,14 +85,20 @@ def choose_backend(
     is_encoder_decoder: bool,
     device_type: str,
     num_devices: int = 1,
+    unsloth_settings: Sequence[str] = (),
 ) -> BackendDecision:
-    """Pick the fastest backend the machine supports, or check that a forced one can run; raises if not."""
+    """Pick the fastest backend the machine supports, or check that a forced one can run; raises if not.
+
+    ``unsloth_settings``: the run's settings Unsloth can't honour (``unsloth_setting_blockers``), each naming its
+    flag; they rule Unsloth out like the machine's facts do.
+    """
     if requested in ("full", "lora"):
         return BackendDecision(requested, requested, (f"{requested} was requested with --model.backend",))
 
     reasons: list[str] = []
     if requested in ("auto", "unsloth"):
         blockers = unsloth_blockers(facts, model_type, is_encoder_decoder, device_type, num_devices)
+        blockers += list(unsloth_settings)
         if not blockers:
             why = (
                 f"Linux, CUDA {facts.cuda_version}, {facts.gpu_name} {facts.gpu_total_gib} GiB, "

@@ -15,6 +15,7 @@ from lit_qsum.backends import hf
 from lit_qsum.backends.choice import BackendDecision, BackendRequest, choose_backend
 from lit_qsum.backends.peft_lora import apply_lora, enable_gradient_checkpointing
 from lit_qsum.backends.probe import EnvFacts, probe_environment
+from lit_qsum.backends.unsloth_backend import load_unsloth, unsloth_setting_blockers
 from lit_qsum.data.tokenizer import load_tokenizer
 from lit_qsum.errors import UserInputError
 from lit_qsum.settings import LoraSettings, QuantizationSettings
@@ -84,12 +85,11 @@ def load_model(
         is_encoder_decoder=task == "seq2seq",
         device_type=device.type,
         num_devices=num_devices,
+        unsloth_settings=unsloth_setting_blockers(spec.lora, spec.quantization),
     )
     compute_dtype = hf.resolve_compute_dtype(spec.quantization.bnb_4bit_compute_dtype, device.type)
 
     if decision.backend == "unsloth":
-        from lit_qsum.backends.unsloth_backend import load_unsloth  # noqa: PLC0415 - heavy optional import
-
         model, _ = load_unsloth(
             path,
             lora=spec.lora,

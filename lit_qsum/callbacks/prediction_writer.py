@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,20 +14,34 @@ from typing_extensions import override
 
 from lit_qsum.atomic_io import atomic_file
 from lit_qsum.errors import UserInputError
+from lit_qsum.writable import check_writable
 
 
 class SummaryCsvWriter(BasePredictionWriter):
     """Gathers ``predict`` outputs from every rank and writes one UTF-8 CSV atomically on rank 0."""
 
-    def __init__(self, output_path: str | None = None, overwrite: bool = False) -> None:
+    def __init__(self, output_path: str | None = None, overwrite: bool = False, allow_untrained: bool = False) -> None:
         """
         Args:
             output_path: CSV to write; None = ``predictions.csv`` in the trainer's ``default_root_dir``.
             overwrite: Replace an existing file (otherwise predict stops before generating anything).
+            allow_untrained: Predict without ``--ckpt_path``, i.e. with the base model and a fresh LoRA adapter
+                that changes nothing; otherwise ``lit-qsum predict`` stops and asks for a checkpoint.
         """
         super().__init__(write_interval="epoch")
         self.output_path = output_path
         self.overwrite = overwrite
+        self.allow_untrained = allow_untrained
+
+    def check_checkpoint(self, ckpt_path: str | None) -> None:
+        """Stop a predict without a checkpoint, unless asked for (a fresh LoRA adapter is a no-op: the summaries
+        would be the base model's, blank for the demo's random init, and could replace good predictions)."""
+        if not ckpt_path and not self.allow_untrained:
+            raise UserInputError(
+                "predict needs --ckpt_path, the checkpoint to summarize with (e.g. outputs/demo/checkpoints/best.ckpt); "
+                "without one the LoRA adapter is untrained and the summaries are the base model's. "
+                "Pass --predictions.allow_untrained true to predict with the base model anyway."
+            )
 
     def resolve_path(self, trainer: L.Trainer) -> Path:
         """Where the CSV goes for this trainer."""
@@ -44,17 +57,7 @@ class SummaryCsvWriter(BasePredictionWriter):
             raise UserInputError(f"{path} exists; pass --predictions.overwrite true or choose --predictions.output_path")
         if path.is_dir():
             raise UserInputError(f"--predictions.output_path {path} is a directory; give a .csv file path")
-        parent = path.parent
-        existing = next(p for p in (parent, *parent.parents) if p.exists())
-        if not existing.is_dir():
-            raise UserInputError(f"--predictions.output_path {path}: {existing} is a file, not a folder")
-        try:  # a real write, not os.access: root passes os.access on read-only mounts and /proc
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as err:
-            raise UserInputError(
-                f"--predictions.output_path {path}: can't write in {existing} ({err.strerror or err})"
-            ) from err
+        check_writable(path, "--predictions.output_path")
 
     @override
     def write_on_epoch_end(

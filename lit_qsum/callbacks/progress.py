@@ -95,7 +95,14 @@ class SummarizationProgressBar(RichProgressBar):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
         if metrics:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
-            rank_zero_info(f"validation at step {trainer.global_step}: {shown}")
+            rank_zero_info(f"validation at step {self.validated_step(trainer, pl_module)}: {shown}")
+
+    @staticmethod
+    def validated_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """The training step of the weights validated: ``validate`` restores no loop state (global_step 0), so
+        there the step of the ``--ckpt_path`` checkpoint, which the module keeps."""
+        step = getattr(pl_module, "checkpoint_step", None)
+        return trainer.global_step if trainer.state.fn == "fit" or step is None else int(step)
 
 
     @override

@@ -67,10 +67,14 @@ class SummarizationDataModule(LightningDataModule):
     """Dialogue summarization data for seq2seq or decoder-only models; bundled synthetic data by default.
 
     Args:
-        train_path: Training CSV/JSONL/JSON file or dataset; None = the bundled synthetic train.csv.
-        val_path: Validation file or dataset; None = the bundled dev.csv.
+        train_path: Training CSV/JSONL/JSON file or dataset; None = --data.hf_dataset's split, or the bundled demo
+            data when no data path or dataset is given at all.
+        val_path: Validation file or dataset (with summaries); None = --data.hf_dataset's split, or the bundled
+            demo data when no data path or dataset is given at all; with --data.train_path it must be set (or
+            --trainer.limit_val_batches 0 trains without validation).
         test_path: Test file or dataset (with summaries); None = the validation data.
-        predict_path: File or dataset to summarize (summaries not needed); None = the bundled test.csv.
+        predict_path: File or dataset to summarize (summaries not needed); None = --data.hf_dataset's test split, or
+            the bundled demo data when no data path or dataset is given at all.
         hf_dataset: Hugging Face dataset name or save_to_disk dir supplying splits not given as paths.
         train_split: Split of ``hf_dataset`` used for training.
         val_split: Split of ``hf_dataset`` used for validation.

@@ -78,7 +78,10 @@ def load_records(source: str, columns: ColumnMap, require_summary: bool, split: 
 
 
 def _read_utf8(path: Path) -> str:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:  # permissions, a file vanished or locked mid-run, an I/O error of the disk
+        raise DataFormatError(f"{path}: can't read the file ({err.strerror or err})") from None
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataFormatError(f"{path}: file is UTF-16 (Excel 'Unicode Text'); re-save it as UTF-8 (CSV UTF-8).")
     try:

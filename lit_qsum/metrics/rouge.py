@@ -89,9 +89,12 @@ class SummaryRouge(Metric):
         multi_ref: MultiRef = "best",
         **kwargs: Any,
     ) -> None:
-        """Check the names and register sum states; ``kwargs`` go to ``torchmetrics.Metric``."""
+        """Check the names and register sum states; ``kwargs`` go to ``torchmetrics.Metric``.
+
+        Kiwi (``morpheme``) is imported at the first ``update``, so a model that only predicts needs no kiwipiepy.
+        """
         super().__init__(**kwargs)
-        check_tokenizer(tokenizer)
+        check_tokenizer(tokenizer, installed=False)
         _check_multi_ref(multi_ref)
         self.tokenizer = tokenizer
         self.multi_ref = multi_ref

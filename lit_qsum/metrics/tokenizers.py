@@ -26,6 +26,8 @@ import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, get_args
 
+from lit_qsum.errors import UserInputError
+
 if TYPE_CHECKING:
     from kiwipiepy import Kiwi
 
@@ -37,11 +39,15 @@ _SPEAKER_TAG = re.compile(r"#(\w+)#")
 _KIWI_DROP_TAGS = frozenset({"SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "SB", "W_EMOJI"})
 
 
-def check_tokenizer(tokenizer: str) -> None:
-    """Raise if ``tokenizer`` is unknown, or is ``morpheme`` without kiwipiepy installed."""
+class MissingExtraError(UserInputError, ImportError):
+    """An optional dependency is not installed; the message names the flag that needs it and the pip extra."""
+
+
+def check_tokenizer(tokenizer: str, *, installed: bool = True) -> None:
+    """Raise if ``tokenizer`` is unknown or, with ``installed``, is ``morpheme`` without kiwipiepy installed."""
     if tokenizer not in ROUGE_TOKENIZERS:
         raise ValueError(f"--model.rouge_tokenizer must be one of {ROUGE_TOKENIZERS}, got {tokenizer!r}")
-    if tokenizer == "morpheme":
+    if tokenizer == "morpheme" and installed:
         _import_kiwipiepy()
 
 
@@ -85,6 +91,7 @@ def _char(text: str) -> list[str]:
 
 
 def _morpheme(text: str) -> list[str]:
+    _import_kiwipiepy()  # first: names the pip extra when kiwipiepy is missing
     from kiwipiepy import Match
 
     # Pinning each speaker tag as one proper noun keeps it whole and lets Kiwi tag the particle after it
@@ -100,7 +107,7 @@ def _import_kiwipiepy() -> None:
     try:
         import kiwipiepy  # noqa: F401
     except ImportError as err:
-        raise ImportError(
+        raise MissingExtraError(
             "--model.rouge_tokenizer morpheme needs kiwipiepy: pip install 'lit-qsum[ko]'"
         ) from err
 

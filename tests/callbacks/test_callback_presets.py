@@ -43,7 +43,7 @@ def _assert_built(callbacks: list, preset: Path) -> None:
 
 
 def test_presets_exist():
-    assert {p.name for p in PRESETS.glob("*.yaml")} >= {"memory.yaml", "throughput.yaml"}
+    assert {p.name for p in PRESETS.glob("*.yaml")} >= {"memory.yaml", "throughput.yaml", "early_stopping.yaml"}
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)

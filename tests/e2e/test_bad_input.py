@@ -55,7 +55,8 @@ def test_non_utf8_file(tmp_path, capsys, monkeypatch) -> None:
 
 def test_unknown_config_key(tmp_path, capsys, monkeypatch) -> None:
     err = run_cli(fit("--model.lora_rnak", "8"), capsys, monkeypatch, tmp_path)
-    assert err.splitlines() == ["lit-qsum: error: unrecognized arguments: --model.lora_rnak 8",
+    assert err.splitlines() == ["lit-qsum: error: unrecognized arguments: --model.lora_rnak 8 "
+                                "(did you mean --model.lora.rank?)",
                                 "(`lit-qsum fit --help` lists every flag)"]  # not jsonargparse's 100-line usage
 
 
@@ -126,8 +127,10 @@ def test_disk_full_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch) 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserInputError, match="No space left on device"):
+    with pytest.raises(UserInputError, match="No space left on device") as raised:
         io.save_checkpoint({"global_step": 2}, target)
+    # the configs fix each ModelCheckpoint's dirpath, which --trainer.default_root_dir does not move
+    assert "init_args.dirpath of the config's ModelCheckpoint callbacks" in str(raised.value)
     monkeypatch.undo()
     assert torch.load(target, weights_only=False)["global_step"] == 1  # previous checkpoint intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
@@ -179,3 +182,119 @@ def test_env_with_an_unknown_model_type_is_one_line(tmp_path, capsys, monkeypatc
     err = run_cli(["env", "--config", str(config)], capsys, monkeypatch, tmp_path)
     assert "lit-qsum: error: model.model_config: unknown model_type 't55'" in err.splitlines()
     assert "Traceback" not in err
+
+
+def test_unreadable_data_file_names_the_flag_and_the_file(tmp_path, monkeypatch) -> None:
+    import errno
+
+    from lit_qsum.data.datamodule import SummarizationDataModule
+    from lit_qsum.errors import UserInputError
+
+    data = tmp_path / "train.csv"
+    data.write_text("fname,dialogue,summary\na,#Person1#: hi,ok\n", encoding="utf-8")
+    real = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:  # the tests run as root, which ignores permission bits
+        if self == data:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    dm = SummarizationDataModule(train_path=str(data), val_path=str(data), task="seq2seq")
+    with pytest.raises(UserInputError, match=r"--data.train_path: .*train.csv: can't read the file \(Permission denied\)"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--trainer.val_check_interval", "0"], "--trainer.val_check_interval must be >= 1"),
+    (["--trainer.val_check_interval", "1.5"], "--trainer.val_check_interval as a fraction of an epoch must be in (0, 1]"),
+    (["--model.optimizer.init_args.lr", "-0.001"], "--model.optimizer.init_args.lr must be a positive number, got -0.001"),
+])
+def test_values_that_fail_mid_run_are_refused_before_anything_loads(tmp_path, capsys, monkeypatch, extra, expected) -> None:
+    err = run_cli(fit(*extra), capsys, monkeypatch, tmp_path)
+    [line] = err.strip().splitlines()  # one line, no traceback
+    assert line.startswith(f"lit-qsum: error: {expected}"), line
+
+
+def test_nan_learning_rate_in_yaml(tmp_path, capsys, monkeypatch) -> None:
+    overlay = tmp_path / "nan.yaml"
+    overlay.write_text("model:\n  optimizer:\n    class_path: torch.optim.AdamW\n    init_args: {lr: .nan}\n")
+    err = run_cli(fit("--config", str(overlay)), capsys, monkeypatch, tmp_path)
+    assert err.strip() == "lit-qsum: error: --model.optimizer.init_args.lr must be a positive number, got nan"
+
+
+@pytest.mark.parametrize("content, expected", [("- a\n- b\n", "holds a list, not a mapping"), ("", "is empty"),
+                                               ("# only a comment\n", "is empty")])
+def test_config_that_is_not_a_mapping_names_the_file(tmp_path, capsys, monkeypatch, content, expected) -> None:
+    config = tmp_path / "odd.yaml"
+    config.write_text(content, encoding="utf-8")
+    err = run_cli(["fit", "--config", str(config)], capsys, monkeypatch, tmp_path)
+    assert err.strip().splitlines()[0].startswith(f"lit-qsum: error: --config {config} {expected}"), err
+
+
+def test_predict_without_a_checkpoint_stops_before_loading_the_model(tmp_path, capsys, monkeypatch) -> None:
+    """An untrained LoRA adapter changes nothing: predict used to write the base model's (blank) summaries, exit 0."""
+    err = run_cli(["predict", "--config", DEMO, "--trainer.logger", "false"], capsys, monkeypatch, tmp_path)
+    [line] = err.strip().splitlines()
+    assert line.startswith("lit-qsum: error: predict needs --ckpt_path") and "--predictions.allow_untrained true" in line
+    assert not (tmp_path / "outputs").exists()  # nothing written, the demo's earlier predictions least of all
+    from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
+
+    SummaryCsvWriter(allow_untrained=True).check_checkpoint(None)  # asked for explicitly: allowed
+
+
+def test_demo_config_keeps_existing_predictions() -> None:
+    import yaml
+
+    predictions = yaml.safe_load(Path(DEMO).read_text(encoding="utf-8"))["predictions"]
+    assert predictions.get("overwrite", False) is False
+
+
+def _refuse_writes_in(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` unwritable for the write probe (the tests run as root, which ignores permission bits)."""
+    import errno
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+
+
+def test_ko_extra_missing_is_one_line_and_predict_does_not_need_it(tmp_path, capsys, monkeypatch) -> None:
+    from lit_qsum.module import SummarizationModule
+
+    monkeypatch.setitem(sys.modules, "kiwipiepy", None)  # as without `pip install 'lit-qsum[ko]'`
+    err = run_cli(fit("--model.rouge_tokenizer", "morpheme"), capsys, monkeypatch, tmp_path)
+    [line] = err.strip().splitlines()
+    assert line == "lit-qsum: error: --model.rouge_tokenizer morpheme needs kiwipiepy: pip install 'lit-qsum[ko]'"
+    # predict scores nothing: the module builds, and the check only runs for stages that score
+    SummarizationModule(model_config={"model_type": "t5"}, tokenizer="lit_qsum:demo", rouge_tokenizer="morpheme")
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "unwritable"])
+def test_export_output_dir_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch, where) -> None:
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "ro").mkdir()
+    _refuse_writes_in(monkeypatch, tmp_path / "ro")
+    out = tmp_path / ("a_file/export" if where == "under_a_file" else "ro/export")
+    err = run_cli(["export", "--ckpt_path", str(tmp_path / "x.ckpt"), "--output_dir", str(out)], capsys, monkeypatch,
+                  tmp_path)
+    [line] = err.strip().splitlines()
+    expected = "a_file is a file, not a folder" if where == "under_a_file" else "can't write in"
+    assert line.startswith(f"lit-qsum: error: --output_dir {out}: ") and expected in line, line
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "unwritable"])
+def test_tensorboard_save_dir_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch, where) -> None:
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "ro").mkdir()
+    _refuse_writes_in(monkeypatch, tmp_path / "ro")
+    save_dir = tmp_path / ("a_file/tb" if where == "under_a_file" else "ro/tb")
+    err = run_cli(fit("--trainer.logger.init_args.save_dir", str(save_dir)), capsys, monkeypatch, tmp_path)
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"lit-qsum: error: --trainer.logger.init_args.save_dir {save_dir}"), line

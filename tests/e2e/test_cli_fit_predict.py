@@ -56,6 +56,20 @@ def test_fit_says_the_effective_batch_the_length_and_where_outputs_go(trained: P
     assert "outputs/demo/checkpoints" in summary and "logs -> outputs/demo/tensorboard/version_0" in summary
 
 
+def test_fit_on_the_cpu_says_how_many_threads_it_uses(trained: Path) -> None:
+    import os
+
+    from lit_qsum.cpu_threads import choose_cpu_threads, usable_cores
+
+    log = (trained.parents[1] / "fit.log").read_text(encoding="utf-8").splitlines()
+    lines = [line for line in log if line.startswith("cpu threads: ")]
+    threads = choose_cpu_threads(usable_cores(), os.environ)
+    if threads is None:  # OMP_NUM_THREADS is set here: lit-qsum leaves torch alone and says nothing
+        assert not lines
+        return
+    assert len(lines) == 1 and lines[0].startswith(f"cpu threads: {threads} of {usable_cores()} cores"), lines
+
+
 def test_fit_writes_checkpoint_adapter_and_tensorboard_logs(trained: Path) -> None:
     ckpt = trained / "checkpoints" / "best.ckpt"
     assert ckpt.is_file()
@@ -186,3 +200,23 @@ def test_missing_or_unreadable_checkpoint_is_one_line(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     expected = "no such file" if content is None else "not a readable Lightning checkpoint"
     assert err.startswith(f"lit-qsum: error: --ckpt_path {ckpt}: {expected}"), err
+
+
+def test_validate_of_a_checkpoint_reports_its_training_step(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate restores no loop state, so Lightning's global_step is 0 there; the line names the checkpoint's step."""
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    step = torch.load(ckpt, weights_only=False)["global_step"]
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
+    try:
+        main(["validate", "--config", DEMO, "--ckpt_path", str(ckpt), "--trainer.logger", "false",
+              "--data.max_eval_samples", "8", "--data.eval_batch_size", "8", "--model.generation.max_new_tokens", "4",
+              "--trainer.callbacks+=lit_qsum.callbacks.progress.SummarizationProgressBar",
+              "--trainer.callbacks.plain", "true"])
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    [line] = [line for line in lines if line.startswith("validation at step")]
+    assert line.startswith(f"validation at step {step}: ") and step > 0, line

@@ -131,6 +131,57 @@ def test_adapter_export_loads_with_plain_peft(lora_ckpt: Path, tmp_path: Path) -
     assert decode_summaries(tokenizer, ids) == module.generate(batch)
 
 
+def korean_batch(tmp_path: Path, size: int = 20) -> dict:
+    """The first ``size`` Korean dialogues of the bundled dev split, as one predict batch."""
+    import csv
+
+    from lit_qsum.data.synthetic import bundled_path
+
+    with open(bundled_path("dev"), encoding="utf-8", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if any("\uac00" <= ch <= "\ud7a3" for ch in r["dialogue"])][:size]
+    assert len(rows) == size
+    path = tmp_path / "ko.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["fname", "dialogue"])
+        writer.writeheader()
+        writer.writerows({"fname": r["fname"], "dialogue": r["dialogue"]} for r in rows)
+    dm = SummarizationDataModule(predict_path=str(path), task="seq2seq", encoder_max_len=256, decoder_max_len=64,
+                                 eval_batch_size=size)
+    dm.setup("predict")
+    return next(iter(dm.predict_dataloader()))
+
+
+@pytest.fixture(scope="module")
+def long_summaries_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 steps: the model repeats itself until ``max_new_tokens`` (32), past transformers' default max_length 20."""
+    return fit(tmp_path_factory.mktemp("long"), 60, "--model.generation.max_new_tokens", "32")
+
+
+@pytest.mark.parametrize("merge", ["true", "false"])
+def test_each_export_loaded_as_its_load_with_line_says_reproduces_20_korean_summaries(
+    long_summaries_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], merge: str
+) -> None:
+    """A bare ``generate()`` on the export, loaded with the printed line, writes lit-qsum's summaries."""
+    lora_ckpt = long_summaries_ckpt
+    import peft
+    import transformers
+
+    capsys.readouterr()
+    out = export(lora_ckpt, tmp_path / "export", "--merge", merge)
+    [load_with] = [line.removeprefix("load with: ") for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("load with: ")]
+    model = eval(load_with, {"transformers": transformers, "peft": peft}).eval()  # noqa: S307 - our own line
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+
+    module = module_from(lora_ckpt)
+    batch = korean_batch(tmp_path)
+    expected = module.generate(batch)
+    with torch.no_grad():
+        ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert decode_summaries(tokenizer, ids) == expected
+    assert max(len(tokenizer(s).input_ids) for s in expected) > 20  # long enough that max_length 20 would cut them
+
+
 def test_adapter_folder_missing_or_stale(lora_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 

@@ -1,0 +1,52 @@
+"""Checks of parsed CLI values that the libraries would only trip over mid-run, with a traceback.
+
+Each runs on the parsed config before anything is built, so a bad value ends in one ``lit-qsum: error:``
+line naming the flag: ``--trainer.val_check_interval 0`` is a ZeroDivisionError in Lightning's fit loop
+after the model has loaded, and a negative or NaN learning rate a ValueError from the optimizer's
+constructor.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+from lit_qsum.errors import UserInputError
+
+
+def check_val_check_interval(value: Any) -> None:
+    """``--trainer.val_check_interval``: an int >= 1 (batches), a float in (0, 1] (of an epoch), or a duration."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return  # None, a duration string or dict: Lightning checks those itself
+    if isinstance(value, int) and value < 1:
+        raise UserInputError(f"--trainer.val_check_interval must be >= 1 training batches (or a fraction in (0, 1] "
+                             f"of an epoch), got {value}; --trainer.limit_val_batches 0 turns validation off")
+    if isinstance(value, float) and not 0.0 < value <= 1.0:
+        raise UserInputError(f"--trainer.val_check_interval as a fraction of an epoch must be in (0, 1], got {value}")
+
+
+def check_learning_rates(model: Any) -> None:
+    """``init_args.lr`` of ``--model.optimizer`` and ``--model.scheduler`` (where it has one): finite and > 0."""
+    for group in ("optimizer", "scheduler"):
+        init_args = _get(_get(model, group), "init_args")
+        lr = _get(init_args, "lr")
+        if lr is None or isinstance(lr, bool) or not isinstance(lr, Real):
+            continue
+        if not math.isfinite(lr) or lr <= 0:
+            raise UserInputError(f"--model.{group}.init_args.lr must be a positive number, got {lr}")
+
+
+def check_settings(config: Any) -> None:
+    """Every check above on one subcommand's parsed config (``cli.config[subcommand]``)."""
+    check_val_check_interval(_get(_get(config, "trainer"), "val_check_interval"))
+    check_learning_rates(_get(config, "model"))
+
+
+def _get(node: Any, key: str) -> Any:
+    """``node[key]`` for jsonargparse Namespaces and dicts alike; None where it is absent."""
+    if node is None:
+        return None
+    if isinstance(node, dict):
+        return node.get(key)
+    return getattr(node, key, None)
