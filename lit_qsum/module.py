@@ -481,6 +481,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     @override
     def teardown(self, stage: str) -> None:
         restore_speedups()
+        self.step_graphs = None  # also when fit ended in an exception: the graphs' memory pool goes back
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
