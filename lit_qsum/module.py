@@ -471,6 +471,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:
             return
+        device = self.trainer.strategy.root_device
         checkpoint["lit_qsum"] = {
             "backend": self.loaded.decision.backend,
             "task": self.loaded.task,
@@ -479,7 +480,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             "accumulate_grad_batches": self.accumulate_grad_batches,
             "micro_batch_limit": self.micro_batch_limit,
             "nonfinite_total": self.nonfinite_total,
-            "rng": rng_state.capture(),  # same dropout masks after a resume
+            "rng_per_rank": self._per_rank(rng_state.capture(device)),  # same dropout masks after a resume
         }
         peft_model = self.loaded.model  # unwrapped even where a strategy sharded self.model
         peft_config = getattr(peft_model, "peft_config", None)
@@ -493,6 +494,19 @@ class SummarizationModule(ManualSteps, L.LightningModule):
                 "config": peft_config["default"],
                 "state_dict": {k: v.detach().cpu().contiguous() for k, v in adapter.items()},
             }
+
+    def _per_rank(self, value: Any) -> list[Any]:
+        """``value`` of every rank in rank order (one all-gather; ``[value]`` in one process). All ranks must call it."""
+        world_size = self.trainer.world_size
+        if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * world_size
+            torch.distributed.all_gather_object(gathered, value)
+            return gathered
+        return [value]
+
+    def _rank_in(self, per_rank: list[Any]) -> int:
+        """This rank's entry of a per-rank list; rank 0's when the checkpoint came from another number of ranks."""
+        return self.global_rank if len(per_rank) == self.trainer.world_size else 0
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -508,8 +522,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.accumulate_grad_batches = state.get("accumulate_grad_batches", self.accumulate_grad_batches)
         self.micro_batch_limit = state.get("micro_batch_limit", self.micro_batch_limit)
         self.nonfinite_total = state.get("nonfinite_total", 0)
-        if "rng" in state and self.trainer.state.fn == "fit":
-            rng_state.restore(state["rng"])
+        if self.trainer.state.fn == "fit":
+            rngs = state.get("rng_per_rank") or ([state["rng"]] if "rng" in state else [])
+            if rngs:
+                rng_state.restore(rngs[self._rank_in(rngs)], self.trainer.strategy.root_device)
         saved = state.get("backend")
         if saved and saved != self.loaded.decision.backend:
             rank_zero_warn(f"checkpoint was trained with backend {saved}, now running {self.loaded.decision.backend}")
