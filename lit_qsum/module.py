@@ -150,6 +150,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.loaded: LoadedModel | None = None
         self.run_facts: dict[str, Any] = {}
         self._val_examples: list[tuple[str, str, str]] = []
+        self._resumed_open_step: dict[str, Any] | None = None  # see on_load_checkpoint
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
 
@@ -389,6 +390,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             scheduler = self.lr_schedulers()  # the LR in force came from the old length (same value if unchanged)
             for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
                 group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
+        self._apply_open_step()
         rank_zero_info(self._run_summary())
 
     def _run_summary(self) -> str:
@@ -482,6 +484,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             "nonfinite_total": self.nonfinite_total,
             "rng_per_rank": self._per_rank(rng_state.capture(device)),  # same dropout masks after a resume
         }
+        if self.micro_batches_done:  # the same on every rank (counted in a shared unit), so all gather together
+            checkpoint["lit_qsum"]["open_step_per_rank"] = self._per_rank(self._open_step())
         peft_model = self.loaded.model  # unwrapped even where a strategy sharded self.model
         peft_config = getattr(peft_model, "peft_config", None)
         if peft_config:
@@ -508,6 +512,26 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         """This rank's entry of a per-rank list; rank 0's when the checkpoint came from another number of ranks."""
         return self.global_rank if len(per_rank) == self.trainer.world_size else 0
 
+    def _open_step(self) -> dict[str, Any]:
+        """The optimizer step in progress: micro-batches done and their summed gradients, so a checkpoint saved
+        mid-accumulation (validation or fit's end between steps) resumes with them instead of dropping them."""
+        nonfinite = self.nonfinite_in_step
+        return {
+            "micro_batches_done": self.micro_batches_done,
+            "nonfinite": 0 if nonfinite is None else int(nonfinite),
+            "grads": [None if p.grad is None else p.grad.detach().cpu().clone() for p in self._trainable()],
+        }
+
+    def _apply_open_step(self) -> None:
+        pending, self._resumed_open_step = self._resumed_open_step, None
+        if pending is None:
+            return
+        for param, grad in zip(self._trainable(), pending["grads"]):
+            param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype)
+        self.micro_batches_done = pending["micro_batches_done"]
+        if pending["nonfinite"]:
+            self.nonfinite_in_step = torch.tensor(pending["nonfinite"], dtype=torch.int32, device=self.device)
+
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:
@@ -526,6 +550,12 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             rngs = state.get("rng_per_rank") or ([state["rng"]] if "rng" in state else [])
             if rngs:
                 rng_state.restore(rngs[self._rank_in(rngs)], self.trainer.strategy.root_device)
+            open_steps = state.get("open_step_per_rank")
+            if open_steps and len(open_steps) != self.trainer.world_size:
+                rank_zero_warn(f"the checkpoint was saved mid-accumulation on {len(open_steps)} device(s), resumed "
+                               f"on {self.trainer.world_size}: that optimizer step's gradients so far are dropped")
+            elif open_steps:
+                self._resumed_open_step = open_steps[self.global_rank]  # applied at train start, after zero_grad
         saved = state.get("backend")
         if saved and saved != self.loaded.decision.backend:
             rank_zero_warn(f"checkpoint was trained with backend {saved}, now running {self.loaded.decision.backend}")
