@@ -15,17 +15,22 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from lit_qsum import runs
 from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
 from lit_qsum.callbacks.progress import SummarizationProgressBar
+from lit_qsum.callbacks.run_config_saver import RunConfigSaver
+from lit_qsum.callbacks.run_folder_keeper import RunFolderKeeper
 from lit_qsum.checkpoint_io import AdapterCheckpointIO
 from lit_qsum.config_checks import check_settings
 from lit_qsum.data.datamodule import SummarizationDataModule
@@ -117,24 +122,40 @@ class LitQsumCLI(LightningCLI):
     """LightningCLI wired for summarization: tokenizer and task shared by model and data, adapter checkpoints."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
-        super().__init__(
-            SummarizationModule,
-            SummarizationDataModule,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={
-                "description": MAIN_HELP,
-                **{name: {"usage": SUBCOMMAND_USAGE.format(name=name, profiles="|".join(PROFILES)),
-                          "description": SUBCOMMAND_HELP} for name in LIGHTNING_COMMANDS},
-            },
-            parser_class=_Parser,
-            trainer_defaults={"use_distributed_sampler": False},
-            args=args,
-            run=run,
-        )
+        self.run_folder: runs.RunFolder | None = None  # where fit writes (see lit_qsum.runs)
+        self._output_dir: Path | None = None  # the Trainer's default_root_dir: the run folder of fit or of the checkpoint
+        self._config_to_save: Namespace | None = None
+        try:
+            super().__init__(
+                SummarizationModule,
+                SummarizationDataModule,
+                save_config_callback=RunConfigSaver,
+                save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+                parser_kwargs={
+                    "description": MAIN_HELP,
+                    **{name: {"usage": SUBCOMMAND_USAGE.format(name=name, profiles="|".join(PROFILES)),
+                              "description": SUBCOMMAND_HELP} for name in LIGHTNING_COMMANDS},
+                },
+                parser_class=_Parser,
+                trainer_defaults={"use_distributed_sampler": False, "default_root_dir": runs.DEFAULT_ROOT},
+                args=args,
+                run=run,
+            )
+        except BaseException:
+            if self.run_folder is not None:  # a no-op where fit's own callback closed it
+                self.run_folder.close(failed=True)
+            raise
+        if run and self.run_folder is not None:
+            self.run_folder.close(failed=False)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         """Predictions CSV flags (``--predictions.output_path``) and the model → data links."""
         parser.add_lightning_class_args(SummaryCsvWriter, "predictions")
+        parser.add_argument(
+            "--run_name", type=Optional[str], default=None,
+            help="fit: name of the new run's folder under --trainer.default_root_dir (default: the start time). "
+                 "--ckpt_path last/best: the run to take the checkpoint from (default: the newest run).",
+        )
         parser.link_arguments(("model.tokenizer", "model.model_name_or_path"), "data.tokenizer", compute_fn=_data_tokenizer)
 
     def _parse_ckpt_path(self) -> None:
@@ -149,6 +170,8 @@ class LitQsumCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path:
             return
+        if ckpt_path in runs.ALIASES:  # the newest run's (or --run_name's) last/best checkpoint, found here
+            ckpt_path = self._resolve_run_alias(subcommand, ckpt_path)
         if Path(ckpt_path).is_dir():
             found = sorted(p.name for p in Path(ckpt_path).glob("*.ckpt"))
             raise UserInputError(f"--ckpt_path {ckpt_path} is a folder; give one checkpoint file in it"
@@ -157,6 +180,9 @@ class LitQsumCLI(LightningCLI):
             if ckpt_path in CKPT_ALIASES or "://" in str(ckpt_path) or str(ckpt_path).startswith("registry"):
                 return
             raise UserInputError(f"--ckpt_path {ckpt_path}: no such file")
+        problem = runs.checkpoint_problem(Path(ckpt_path), resume=subcommand == "fit")
+        if problem:  # an empty dict or a weights-only file would otherwise end in a traceback inside Lightning
+            raise UserInputError(f"--ckpt_path {ckpt_path}: {problem}")
         ours = self.config[subcommand].model.clone()
         try:
             super()._parse_ckpt_path()
@@ -179,10 +205,45 @@ class LitQsumCLI(LightningCLI):
                 print(f"lit-qsum: --ckpt_path {ckpt_path}: using the checkpoint's --model.{key} {theirs.get(key)!r} "
                       f"(the config says {mine.get(key)!r})", file=sys.stderr)
 
+    def _resolve_run_alias(self, subcommand: str, alias: str) -> str:
+        config = self.config[subcommand]
+        path = runs.resolve_alias(alias, runs.runs_root(config), config.get("run_name"), resume=subcommand == "fit")
+        config.ckpt_path = str(path)
+        if rank_zero_only.rank == 0:
+            print(f"lit-qsum: --ckpt_path {alias}: {path}", file=sys.stderr)
+        return str(path)
+
     def before_instantiate_classes(self) -> None:
-        """Values Lightning or torch would reject only mid-run, with a traceback (``lit_qsum.config_checks``)."""
+        """Where the command writes: fit into a run folder of its own (locked), the others next to their checkpoint.
+
+        validate/test/predict print their scores and write no logs (they used to leave an empty ``version_N`` per
+        call). fit's logs go to ``<run>/tensorboard`` without a version folder, so a resume continues its run's log.
+        """
         subcommand = self.config.get("subcommand")
+        # values Lightning or torch would reject only mid-run, with a traceback (lit_qsum.config_checks)
         check_settings(self.config[subcommand] if subcommand else self.config)
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        if self.subcommand != "fit":
+            config.trainer.logger = False
+            run = runs.run_of_checkpoint(config.ckpt_path) if config.get("ckpt_path") else None
+            if run is not None:
+                runs.repair_if_idle(run)
+                self._output_dir = run  # predictions.csv goes into the run it came from
+            return
+        self._config_to_save = config.clone()  # as given: re-running a saved config starts a new run
+        rank = rank_zero_only.rank
+        self.run_folder = runs.RunFolder.for_fit(runs.runs_root(config), config.get("run_name"), config.ckpt_path, rank)
+        for line in self.run_folder.open("lit-qsum fit"):
+            print(f"lit-qsum: {line}", file=sys.stderr)
+        self._output_dir = self.run_folder.path
+        resumed = self.run_folder.resume and config.ckpt_path
+        purge_step = runs.first_log_step(Path(config.ckpt_path)) if resumed else None
+        if rank == 0:
+            shown = runs.shown(self.run_folder.path)
+            print(f"lit-qsum: {'resuming run' if self.run_folder.resume else 'new run'} {shown}", file=sys.stderr)
+        runs.place_loggers(config.trainer, self.run_folder.path, purge_step)
 
     def instantiate_classes(self) -> None:
         """Instantiate, then tell the data module which task (seq2seq or causal) the model is."""
@@ -197,7 +258,8 @@ class LitQsumCLI(LightningCLI):
             writer.check_checkpoint(self.config_init["predict"].get("ckpt_path"))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        """Add the atomic adapter-writing CheckpointIO and the progress bar, unless the config brings its own."""
+        """Add the atomic adapter-writing CheckpointIO and the progress bar, unless the config brings its own; point
+        the Trainer and checkpoints without a ``dirpath`` at the run folder."""
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -206,7 +268,21 @@ class LitQsumCLI(LightningCLI):
         configured = list(config.get("callbacks") or []) + list(callbacks)
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, SummarizationProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        if self._output_dir is not None:
+            config["default_root_dir"] = str(self._output_dir)
+        if self.run_folder is not None:
+            callbacks = [*callbacks, RunFolderKeeper(self.run_folder)]
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if self.run_folder is not None:
+            # realpath, as ModelCheckpoint stores its own: a resume compares them before it restores best_model_score
+            checkpoints = os.path.realpath(self.run_folder.path / runs.CHECKPOINTS)
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                    callback.dirpath = checkpoints
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunConfigSaver) and self._config_to_save is not None:
+                callback.config = self._config_to_save
+        return trainer
 
 
 def _plain(value: Any) -> Any:
@@ -226,7 +302,7 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 # the settings that rebuild a checkpoint's model: taken from the checkpoint by validate/test/predict and a resume
 MODEL_IDENTITY = ("model_name_or_path", "model_config", "tokenizer", "backend", "lora", "quantization", "init_seed")
-# --ckpt_path values Lightning resolves itself ("last" finds the newest checkpoint of the run)
+# --ckpt_path values Lightning resolves itself (lit-qsum resolves "last" and "best" first: lit_qsum.runs)
 CKPT_ALIASES = ("last", "best", "hpc")
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -157,6 +157,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self._val_examples: list[tuple[str, str, str]] = []
         self.checkpoint_step: int | None = None  # the optimizer step of the checkpoint loaded, if any
         self._threads_before: int | None = None
+        self._resumed_open_step: dict[str, Any] | None = None  # see on_load_checkpoint
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
 
@@ -410,6 +411,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             scheduler = self.lr_schedulers()  # the LR in force came from the old length (same value if unchanged)
             for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
                 group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
+        self._apply_open_step()
         rank_zero_info(self._run_summary())
 
     def _setup_step_speed(self) -> None:
@@ -520,6 +522,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:
             return
+        device = self.trainer.strategy.root_device
         checkpoint["lit_qsum"] = {
             "backend": self.loaded.decision.backend,
             "task": self.loaded.task,
@@ -528,8 +531,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             "accumulate_grad_batches": self.accumulate_grad_batches,
             "micro_batch_limit": self.micro_batch_limit,
             "nonfinite_total": self.nonfinite_total,
-            "rng": rng_state.capture(),  # same dropout masks after a resume
+            "rng_per_rank": self._per_rank(rng_state.capture(device)),  # same dropout masks after a resume
         }
+        if self.micro_batches_done:  # the same on every rank (counted in a shared unit), so all gather together
+            checkpoint["lit_qsum"]["open_step_per_rank"] = self._per_rank(self._open_step())
         peft_model = self.loaded.model  # unwrapped even where a strategy sharded self.model
         peft_config = getattr(peft_model, "peft_config", None)
         if peft_config:
@@ -542,6 +547,39 @@ class SummarizationModule(ManualSteps, L.LightningModule):
                 "config": peft_config["default"],
                 "state_dict": {k: v.detach().cpu().contiguous() for k, v in adapter.items()},
             }
+
+    def _per_rank(self, value: Any) -> list[Any]:
+        """``value`` of every rank in rank order (one all-gather; ``[value]`` in one process). All ranks must call it."""
+        world_size = self.trainer.world_size
+        if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * world_size
+            torch.distributed.all_gather_object(gathered, value)
+            return gathered
+        return [value]
+
+    def _rank_in(self, per_rank: list[Any]) -> int:
+        """This rank's entry of a per-rank list; rank 0's when the checkpoint came from another number of ranks."""
+        return self.global_rank if len(per_rank) == self.trainer.world_size else 0
+
+    def _open_step(self) -> dict[str, Any]:
+        """The optimizer step in progress: micro-batches done and their summed gradients, so a checkpoint saved
+        mid-accumulation (validation or fit's end between steps) resumes with them instead of dropping them."""
+        nonfinite = self.nonfinite_in_step
+        return {
+            "micro_batches_done": self.micro_batches_done,
+            "nonfinite": 0 if nonfinite is None else int(nonfinite),
+            "grads": [None if p.grad is None else p.grad.detach().cpu().clone() for p in self._trainable()],
+        }
+
+    def _apply_open_step(self) -> None:
+        pending, self._resumed_open_step = self._resumed_open_step, None
+        if pending is None:
+            return
+        for param, grad in zip(self._trainable(), pending["grads"]):
+            param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype)
+        self.micro_batches_done = pending["micro_batches_done"]
+        if pending["nonfinite"]:
+            self.nonfinite_in_step = torch.tensor(pending["nonfinite"], dtype=torch.int32, device=self.device)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -559,8 +597,16 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.accumulate_grad_batches = state.get("accumulate_grad_batches", self.accumulate_grad_batches)
         self.micro_batch_limit = state.get("micro_batch_limit", self.micro_batch_limit)
         self.nonfinite_total = state.get("nonfinite_total", 0)
-        if "rng" in state and self.trainer.state.fn == "fit":
-            rng_state.restore(state["rng"])
+        if self.trainer.state.fn == "fit":
+            rngs = state.get("rng_per_rank") or ([state["rng"]] if "rng" in state else [])
+            if rngs:
+                rng_state.restore(rngs[self._rank_in(rngs)], self.trainer.strategy.root_device)
+            open_steps = state.get("open_step_per_rank")
+            if open_steps and len(open_steps) != self.trainer.world_size:
+                rank_zero_warn(f"the checkpoint was saved mid-accumulation on {len(open_steps)} device(s), resumed "
+                               f"on {self.trainer.world_size}: that optimizer step's gradients so far are dropped")
+            elif open_steps:
+                self._resumed_open_step = open_steps[self.global_rank]  # applied at train start, after zero_grad
         saved = state.get("backend")
         if saved and saved != self.loaded.decision.backend:
             rank_zero_warn(f"checkpoint was trained with backend {saved}, now running {self.loaded.decision.backend}")

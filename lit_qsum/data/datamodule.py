@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
@@ -269,6 +270,9 @@ class SummarizationDataModule(LightningDataModule):
             collate_fn=WithRecordFields(collate(self.tokenizer.pad_token_id, self.pad_to_multiple_of), data.records),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # its own generator: without one, every new iterator (each epoch, each validation) draws its workers'
+            # base seed from the global torch RNG, after a resume restored it, and shifts every later dropout mask
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

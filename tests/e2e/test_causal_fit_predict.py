@@ -23,12 +23,13 @@ def test_tiny_llama_fits_and_predicts(tmp_path: Path, monkeypatch: pytest.Monkey
     common = ["--config", DEMO, "--model.model_config", json.dumps(TINY_LLAMA), "--trainer.enable_progress_bar", "false",
               "--model.generation.max_new_tokens", "6", "--data.encoder_max_len", "128", "--data.decoder_max_len", "32"]
     main(["fit", *common, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
-          "--data.max_eval_samples", "4", "--data.max_train_samples", "64", "--data.batch_size", "4"])
-    ckpt = tmp_path / "outputs" / "demo" / "checkpoints" / "best.ckpt"
+          "--data.max_eval_samples", "4", "--data.max_train_samples", "64", "--data.batch_size", "4",
+          "--run_name", "llama"])
+    ckpt = tmp_path / "outputs" / "demo" / "llama" / "checkpoints" / "best.ckpt"
     state = torch.load(ckpt, weights_only=False)
     assert state["lit_qsum"]["task"] == "causal"
     assert all("lora_" in k for k in state["state_dict"])
-    main(["predict", *common, "--ckpt_path", str(ckpt), "--trainer.logger", "false",
+    main(["predict", *common, "--ckpt_path", str(ckpt),
           "--predictions.output_path", str(tmp_path / "pred.csv")])
     with (tmp_path / "pred.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))

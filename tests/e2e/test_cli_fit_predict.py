@@ -18,7 +18,7 @@ DEMO = str(REPO / "configs" / "demo.yaml")
 
 
 def fit_args(*extra: str) -> list[str]:
-    # the demo config writes under ./outputs/demo; tests run it from a temp dir
+    # the demo config writes under ./outputs/demo/<run>; tests run it from a temp dir
     return [
         "fit", "--config", DEMO,
         "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
@@ -45,15 +45,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         lightning_log.removeHandler(handler)
     (work / "fit.log").write_text("\n".join(lines), encoding="utf-8")
-    return work / "outputs" / "demo"
+    [run] = (work / "outputs" / "demo").iterdir()  # the run folder: outputs/demo/<start time>/
+    return run
 
 
 def test_fit_says_the_effective_batch_the_length_and_where_outputs_go(trained: Path) -> None:
-    log = (trained.parents[1] / "fit.log").read_text(encoding="utf-8").splitlines()
+    log = (trained.parents[2] / "fit.log").read_text(encoding="utf-8").splitlines()
     [summary] = [line for line in log if line.startswith("run: ")]
     assert summary.startswith("run: batch 16 x 1 accumulated x 1 device(s) = 16 samples per optimizer step; "
                               "6 optimizer steps; checkpoints -> "), summary
-    assert "outputs/demo/checkpoints" in summary and "logs -> outputs/demo/tensorboard/version_0" in summary
+    assert f"{trained.resolve()}/checkpoints;" in summary, summary
+    assert summary.endswith(f"logs -> outputs/demo/{trained.name}/tensorboard"), summary
 
 
 def test_fit_on_the_cpu_says_how_many_threads_it_uses(trained: Path) -> None:
@@ -97,12 +99,14 @@ def test_tensorboard_has_losses_and_rouge(trained: Path) -> None:
     assert {"train/loss", "val/loss", "val/rouge1", "val/rouge2", "val/rougeL", "val/rouge_sum"} <= tags, tags
 
 
-def test_predict_writes_submission_csv_in_input_order(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_writes_submission_csv_in_input_order(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["lit-qsum"])
     out_csv = trained / "submission.csv"
     main([
         "predict", "--config", DEMO, "--ckpt_path", str(trained / "checkpoints" / "best.ckpt"),
-        "--trainer.default_root_dir", str(trained), "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
         "--model.generation.max_new_tokens", "8",
         "--predictions.output_path", str(out_csv), "--predictions.overwrite", "false",
@@ -117,7 +121,7 @@ def test_predict_writes_submission_csv_in_input_order(trained: Path, monkeypatch
     with pytest.raises(SystemExit) as exc:
         main([
             "predict", "--config", DEMO, "--ckpt_path", str(trained / "checkpoints" / "best.ckpt"),
-            "--trainer.logger", "false", "--predictions.output_path", str(out_csv), "--predictions.overwrite", "false",
+            "--predictions.output_path", str(out_csv), "--predictions.overwrite", "false",
         ])
     assert exc.value.code == 2
 
@@ -167,14 +171,15 @@ def test_tensorboard_hparams_carry_final_rouge(trained: Path) -> None:
 
 
 def test_predict_takes_the_model_from_the_checkpoint_and_the_rest_from_the_flags(
-    trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     """Lightning alone would replace every --model.* flag with the checkpoint's value, silently."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["lit-qsum"])
     out_csv = trained / "short.csv"
     main([
         "predict", "--config", DEMO, "--ckpt_path", str(trained / "checkpoints" / "best.ckpt"),
-        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_progress_bar", "false",
         "--model.generation.max_new_tokens", "2",  # how to run: the flag wins
         "--model.lora.rank", "4",  # what the model is: the checkpoint's rank 32 wins, and the user is told
         "--predictions.output_path", str(out_csv),
@@ -190,12 +195,13 @@ def test_predict_takes_the_model_from_the_checkpoint_and_the_rest_from_the_flags
 def test_missing_or_unreadable_checkpoint_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, content: bytes | None
 ) -> None:
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["lit-qsum"])
     ckpt = tmp_path / "model.ckpt"
     if content is not None:
         ckpt.write_bytes(content)
     with pytest.raises(SystemExit) as exc:
-        main(["predict", "--config", DEMO, "--ckpt_path", str(ckpt), "--trainer.logger", "false"])
+        main(["predict", "--config", DEMO, "--ckpt_path", str(ckpt)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     expected = "no such file" if content is None else "not a readable Lightning checkpoint"

@@ -32,9 +32,9 @@ def fit(work: Path, steps: int, *extra: str) -> Path:
             "fit", "--config", DEMO, "--trainer.enable_progress_bar", "false",
             "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
             "--data.batch_size", "8", "--data.max_eval_samples", "4", "--data.eval_batch_size", "4",
-            "--model.generation.max_new_tokens", str(MAX_NEW), *extra,
+            "--model.generation.max_new_tokens", str(MAX_NEW), "--run_name", "export", *extra,
         ])
-    return work / "outputs" / "demo" / "checkpoints" / "best.ckpt"
+    return work / "outputs" / "demo" / "export" / "checkpoints" / "best.ckpt"
 
 
 def export(ckpt: Path, out: Path, *extra: str) -> Path:
