@@ -221,7 +221,7 @@ class LitQsumCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         # values Lightning or torch would reject only mid-run, with a traceback (lit_qsum.config_checks)
-        check_settings(self.config[subcommand] if subcommand else self.config)
+        check_settings(self.config[subcommand] if subcommand else self.config, subcommand)
         if self.subcommand is None:
             return
         config = self.config[self.subcommand]

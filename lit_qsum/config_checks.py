@@ -37,10 +37,21 @@ def check_learning_rates(model: Any) -> None:
             raise UserInputError(f"--model.{group}.init_args.lr must be a positive number, got {lr}")
 
 
-def check_settings(config: Any) -> None:
+def check_rouge_packages(model: Any, subcommand: str | None) -> None:
+    """``--model.rouge_tokenizer morpheme`` needs the ``ko`` extra where the command scores (not predict); said
+    before a run folder is made or weights load."""
+    from lit_qsum.metrics.tokenizers import check_tokenizer  # noqa: PLC0415
+
+    tokenizer = _get(model, "rouge_tokenizer")
+    if tokenizer is not None and subcommand != "predict":
+        check_tokenizer(tokenizer)
+
+
+def check_settings(config: Any, subcommand: str | None = None) -> None:
     """Every check above on one subcommand's parsed config (``cli.config[subcommand]``)."""
     check_val_check_interval(_get(_get(config, "trainer"), "val_check_interval"))
     check_learning_rates(_get(config, "model"))
+    check_rouge_packages(_get(config, "model"), subcommand)
 
 
 def _get(node: Any, key: str) -> Any:

@@ -289,12 +289,11 @@ def test_export_output_dir_that_cannot_be_written_is_one_line(tmp_path, capsys, 
     assert line.startswith(f"lit-qsum: error: --output_dir {out}: ") and expected in line, line
 
 
-@pytest.mark.parametrize("where", ["under_a_file", "unwritable"])
-def test_tensorboard_save_dir_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch, where) -> None:
+def test_a_log_folder_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """TensorBoard writes into the run folder under --trainer.default_root_dir (lit_qsum.runs): a root under a file is
+    one line naming that flag, before anything is built."""
     (tmp_path / "a_file").write_text("x")
-    (tmp_path / "ro").mkdir()
-    _refuse_writes_in(monkeypatch, tmp_path / "ro")
-    save_dir = tmp_path / ("a_file/tb" if where == "under_a_file" else "ro/tb")
-    err = run_cli(fit("--trainer.logger.init_args.save_dir", str(save_dir)), capsys, monkeypatch, tmp_path)
+    root = tmp_path / "a_file" / "out"
+    err = run_cli(fit("--trainer.default_root_dir", str(root)), capsys, monkeypatch, tmp_path)
     [line] = err.strip().splitlines()
-    assert line.startswith(f"lit-qsum: error: --trainer.logger.init_args.save_dir {save_dir}"), line
+    assert line.startswith(f"lit-qsum: error: --trainer.default_root_dir {root}: "), line
