@@ -63,7 +63,7 @@ def test_fit_on_the_cpu_says_how_many_threads_it_uses(trained: Path) -> None:
 
     from lit_qsum.cpu_threads import choose_cpu_threads, usable_cores
 
-    log = (trained.parents[1] / "fit.log").read_text(encoding="utf-8").splitlines()
+    log = (trained.parents[2] / "fit.log").read_text(encoding="utf-8").splitlines()
     lines = [line for line in log if line.startswith("cpu threads: ")]
     threads = choose_cpu_threads(usable_cores(), os.environ)
     if threads is None:  # OMP_NUM_THREADS is set here: lit-qsum leaves torch alone and says nothing
