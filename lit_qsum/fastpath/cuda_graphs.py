@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 Batch = dict[str, Any]
 Key = tuple[tuple[str, tuple[int, ...]], ...]
@@ -94,7 +95,7 @@ class StepGraphs:
         params: Sequence[torch.nn.Parameter],
         *,
         max_graphs: int = 64,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = rank_zero_info,
     ) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")

@@ -7,19 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lit_qsum.cli import main
+from cli_runner import run_cli
 
 DEMO = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> str:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    captured = capsys.readouterr()
-    return captured.err + captured.out
 
 
 def fit(*extra: str) -> list[str]:

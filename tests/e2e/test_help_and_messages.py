@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import run_cli
 from lit_qsum.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,12 +40,7 @@ def test_val_path_help_says_what_none_means_with_your_own_data(fit_help: str) ->
 
 
 def run_error(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> str:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    return capsys.readouterr().err
+    return run_cli(args, capsys, monkeypatch, cwd, stdout=False)
 
 
 def test_a_mistyped_flag_gets_the_flag_it_resembles(tmp_path, capsys, monkeypatch) -> None:
