@@ -424,13 +424,15 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             return
         why_not = cuda_graphs.unsupported_reason(
             device=self.device, precision=str(self.trainer.precision), sharded=self.sharded,
-            checkpointing=self.spec.gradient_checkpointing, compiled=self.speed.compile,
+            checkpointing=self.spec.gradient_checkpointing,
         )
         if why_not is not None:
             if self.device.type == "cuda":
                 rank_zero_info(f"fast path: CUDA graphs off: {why_not}")
             return
-        self.step_graphs = cuda_graphs.StepGraphs(self._loss, self._trainable(), log=rank_zero_info)
+        self.step_graphs = cuda_graphs.StepGraphs(
+            self._loss, self._trainable(), warm_each_shape=self.speed.compile, log=rank_zero_info
+        )
 
     @override
     def on_train_end(self) -> None:

@@ -16,7 +16,10 @@ captured graph replays all of them with one host call. What a replay needs to co
 - one memory pool shared by all graphs (replays never overlap), so memory is that of the largest step.
 
 The first micro-batch runs eagerly (lazy initialisation: cuBLAS handles, autograd's device threads);
-each new shape is captured when it first appears, which costs about one eager step of host time. A
+each new shape is captured when it first appears, which costs about one eager step of host time. Over
+``torch.compile``d blocks (``warm_each_shape``) each shape first runs one eager step, so that compiling,
+recompiling for a new shape and Triton's autotuning happen outside the capture; it is captured the second
+time it appears. A
 capture that fails (an op that can't be captured, an OOM while capturing) turns graphs off for the run
 with one log line, and steps run eagerly as before.
 """
@@ -56,15 +59,10 @@ class _Captured:
     loss: torch.Tensor
 
 
-def unsupported_reason(
-    *, device: torch.device, precision: str, sharded: bool, checkpointing: bool, compiled: bool = False
-) -> str | None:
-    """Why graphs can't (or don't yet) run this training setup (None when they can)."""
+def unsupported_reason(*, device: torch.device, precision: str, sharded: bool, checkpointing: bool) -> str | None:
+    """Why graphs can't run this training setup (None when they can)."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
-    if compiled:
-        # not yet checked on a GPU against eager steps (issue #16): compiled blocks run as before, without graphs
-        return "speed.compile is on, and compiled blocks under graph capture are not verified yet"
     if "16-mixed" in precision and "bf16" not in precision:
         return "16-mixed's loss scaling changes between steps (use bf16-mixed)"
     if sharded:
@@ -86,6 +84,8 @@ class StepGraphs:
         loss_fn: The training loss of a batch (reads ``INPUT_KEYS``).
         params: The trainable parameters; their ``.grad`` tensors must stay the same objects between steps.
         max_graphs: Shapes beyond this many run eagerly (each graph costs a capture; memory is shared).
+        warm_each_shape: Run each shape's first micro-batch eagerly and capture it when it comes again (for
+            compiled blocks: compiling and autotuning can't happen inside a capture).
         log: Where the one-line messages go (capture costs, the reason graphs were switched off).
     """
 
@@ -95,6 +95,7 @@ class StepGraphs:
         params: Sequence[torch.nn.Parameter],
         *,
         max_graphs: int = 64,
+        warm_each_shape: bool = False,
         log: Callable[[str], None] = rank_zero_info,
     ) -> None:
         if max_graphs < 1:
@@ -102,6 +103,7 @@ class StepGraphs:
         self.loss_fn = loss_fn
         self.params = list(params)
         self.max_graphs = max_graphs
+        self.warm_each_shape = warm_each_shape
         self.log = log
         self.stats = GraphStats()
         self.off_reason: str | None = None
@@ -111,6 +113,7 @@ class StepGraphs:
         self._pool: Any = None
         self._weight: torch.Tensor | None = None
         self._full_logged = False
+        self._seen: set[Key] = set()
 
     @property
     def on(self) -> bool:
@@ -151,14 +154,15 @@ class StepGraphs:
         """
         if not self.on:
             return None
-        if not self._warm:
+        key = tuple((name, tuple(batch[name].shape)) for name in INPUT_KEYS if name in batch)
+        if not self._warm or (self.warm_each_shape and key not in self._seen):
             self._warm = True
+            self._seen.add(key)
             return None
         if self._grads is not None and not self._grads_intact():
             # someone replaced or dropped a gradient (an OOM rollback, a batch-size finder): the graphs add into the
             # old tensors, so start over from fresh buffers
             self.reset()
-        key = tuple((name, tuple(batch[name].shape)) for name in INPUT_KEYS if name in batch)
         captured = self._graphs.get(key)
         if captured is None:
             if len(self._graphs) >= self.max_graphs:

@@ -38,8 +38,6 @@ def test_graphs_are_refused_where_they_cannot_run() -> None:
     assert "FSDP" in unsupported_reason(device=cuda, precision="bf16-mixed", sharded=True, checkpointing=False)
     assert unsupported_reason(device=cuda, precision="bf16-mixed", sharded=False, checkpointing=False) is None
     assert unsupported_reason(device=cuda, precision="32-true", sharded=False, checkpointing=False) is None
-    assert "compile" in unsupported_reason(device=cuda, precision="bf16-mixed", sharded=False, checkpointing=False,
-                                           compiled=True)
 
 
 def test_contiguous_position_bias_keeps_the_values_and_the_loss() -> None:
@@ -107,6 +105,27 @@ class EagerStandInGraphs(StepGraphs):
         return captured
 
 
+def test_compiled_blocks_see_each_shape_eagerly_before_it_is_captured() -> None:
+    """Under compile, a shape's first micro-batch runs eagerly (compiling and autotuning can't be captured); the
+    second is captured and later ones replay. Without compile only the very first micro-batch is eager."""
+    weight = torch.nn.Parameter(torch.ones(3))
+
+    def loss_fn(batch):
+        return (batch["input_ids"].float().sum(-1, keepdim=True) * weight).mean()
+
+    def batch(length: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.ones(2, length)}
+
+    def run(warm_each_shape: bool) -> list[bool]:
+        graphs = EagerStandInGraphs(loss_fn, [weight], warm_each_shape=warm_each_shape, log=lambda _: None)
+        ran = [graphs.forward_backward(batch(n), 1.0, _nullcontext) is not None for n in (8, 8, 16, 8, 16, 16)]
+        assert graphs.stats.captures == 2 and graphs.stats.replays == sum(ran)
+        return ran
+
+    assert run(warm_each_shape=True) == [False, True, False, True, True, True]
+    assert run(warm_each_shape=False) == [False, True, True, True, True, True]
+
+
 def _fit(tmp_path, graphs: bool, monkeypatch: pytest.MonkeyPatch) -> SummarizationModule:
     if graphs:
         monkeypatch.setattr(cuda_graphs, "unsupported_reason", lambda **_: None)
@@ -139,7 +158,7 @@ def test_the_step_engine_trains_the_same_through_graph_replays(tmp_path, monkeyp
 
 
 # ---- on a GPU: a real capture computes the eager step ------------------------------------------------------------
-def _gpu_model(checkpointing: bool):
+def _gpu_model(checkpointing: bool, compiled: bool = False):
     from lit_qsum.backends.loader import ModelSpec, load_model
     from lit_qsum.fastpath import apply_speedups
     from lit_qsum.settings import QuantizationSettings
@@ -148,7 +167,8 @@ def _gpu_model(checkpointing: bool):
                      lora=LoraSettings(rank=8, alpha=16, dropout=0.1), quantization=QuantizationSettings(),
                      gradient_checkpointing=checkpointing, init_seed=1)
     model = load_model(spec, device=torch.device("cuda", 0)).model.train()
-    apply_speedups(model, SpeedSettings(), device=torch.device("cuda", 0), gradient_checkpointing=checkpointing)
+    apply_speedups(model, SpeedSettings(compile=compiled), device=torch.device("cuda", 0),
+                   gradient_checkpointing=checkpointing)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -167,9 +187,11 @@ def _gpu_batch(seed: int, vocab: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool) -> None:
-    model = _gpu_model(checkpointing)
+@pytest.mark.parametrize(("checkpointing", "compiled"), [(False, False), (True, False), (True, True)])
+def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool, compiled: bool) -> None:
+    """Eager and captured steps with one seed: same loss and LoRA gradients (dropout on, as users train); with
+    compiled blocks the reference is the compiled eager step (Inductor draws dropout masks its own way)."""
+    model = _gpu_model(checkpointing, compiled)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def loss_fn(batch):
@@ -189,7 +211,7 @@ def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool)
     ref_loss, ref_grads = step_eager(first, seed=11)
     ref2_loss, ref2_grads = step_eager(second, seed=12)
 
-    graphs = StepGraphs(loss_fn, params, log=lambda _: None)
+    graphs = StepGraphs(loss_fn, params, warm_each_shape=compiled, log=lambda _: None)
     step_eager(second, seed=0)  # a warm-up step, as the engine's first micro-batch
     assert graphs.forward_backward(second, 0.5, _nullcontext) is None  # the engine's warm-up call
     for batch, seed, want_loss, want_grads in ((first, 11, ref_loss, ref_grads), (second, 12, ref2_loss, ref2_grads)):
@@ -212,21 +234,34 @@ def _nullcontext():
 
 
 @pytest.mark.gpu
-def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path) -> None:
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path, compiled: bool) -> None:
+    seen: list = []
+
+    class KeepGraphs(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            if pl_module.step_graphs is not None and pl_module.step_graphs not in seen:
+                seen.append(pl_module.step_graphs)
+
     def fit(graphs: bool) -> SummarizationModule:
         L.seed_everything(3)
         module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="qlora", init_seed=3,
                                      lora=LoraSettings(rank=4, alpha=8, dropout=0.05), accumulate_grad_batches=2,
-                                     gradient_checkpointing=True, speed=SpeedSettings(cuda_graphs=graphs))
+                                     gradient_checkpointing=True,
+                                     speed=SpeedSettings(cuda_graphs=graphs, compile=compiled))
         data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=40, max_eval_samples=4,
                                        pad_to_multiple_of=64)
         trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=6, limit_val_batches=0,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            default_root_dir=tmp_path / str(graphs), use_distributed_sampler=False)
+                            default_root_dir=tmp_path / str(graphs), use_distributed_sampler=False,
+                            callbacks=[KeepGraphs()])
         trainer.fit(module, data)
         return module
 
     eager, replayed = fit(False), fit(True)
+    (graphs,) = seen
+    assert graphs.on and graphs.stats.replays > 0, graphs.summary()
+    torch._dynamo.reset()
     reference = dict(eager.model.named_parameters())
     for name, param in replayed.model.named_parameters():
         if param.requires_grad:
