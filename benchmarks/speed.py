@@ -47,6 +47,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 spec = {**info, "tool": tool, "variant": variant, "warmup": args.warmup, "steps": args.steps,
                         "profile_steps": args.profile_steps, "micro_batch": args.micro_batch, "seed": args.seed,
                         "smoke": args.smoke, "date": date}
-                records.append(launch_worker(spec, Path(tmp), args.worker_timeout))
+                records.append(launch_worker(spec, Path(tmp), args.worker_timeout, args.logs))
                 # what has finished so far survives a parent killed by an outer time limit
                 stem.with_suffix(".partial.json").write_text(json.dumps(records, indent=1))
     add_loss_diffs(records)
@@ -147,6 +148,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--what", help="results file name after the date (default seq2seq-qlora-speed[-smoke])")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, short sequences, fp32")
+    parser.add_argument("--logs", type=Path, default=None, help="copy every run's full log into this folder")
     parser.add_argument("--worker-timeout", type=int, default=300, help="seconds before a run is killed")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one spec file
     args = parser.parse_args(argv)
@@ -240,8 +242,9 @@ def synthetic_samples(
     return samples
 
 
-def launch_worker(spec: dict[str, Any], tmp: Path, timeout: int) -> dict[str, Any]:
-    """Run one spec in a fresh process; any failure becomes a record with ``error`` set."""
+def launch_worker(spec: dict[str, Any], tmp: Path, timeout: int, logs: Path | None = None) -> dict[str, Any]:
+    """Run one spec in a fresh process (its whole log copied into ``logs``); a failure becomes a record with
+    ``error`` set."""
     label = f"{spec['shape']}/{spec['tool']}/{spec['variant']['name']}"
     stem = tmp / label.replace("/", "--")
     spec = {**spec, "result_path": str(stem.with_suffix(".result.json"))}
@@ -258,6 +261,9 @@ def launch_worker(spec: dict[str, Any], tmp: Path, timeout: int) -> dict[str, An
             error = f"timed out after {timeout} s (--worker-timeout)"
     result_path = Path(spec["result_path"])
     record = json.loads(result_path.read_text()) if result_path.exists() else {}
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(stem.with_suffix(".log"), logs / stem.with_suffix(".log").name)
     if error or record.get("error"):
         tail = stem.with_suffix(".log").read_text().splitlines()[-15:]
         print(f"{label}: FAILED ({record.get('error') or error})\n  " + "\n  ".join(tail), flush=True)

@@ -26,6 +26,7 @@ on every rank when any rank saw one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -149,9 +150,10 @@ class ManualSteps:
         snapshot = self._grad_snapshot() if loss is None and handler is not None and self._has_grads() else None
         try:
             if loss is None:
-                loss = self._loss(batch)
-                with self._local_backward():
-                    self.manual_backward(loss * weight)
+                with contextlib.nullcontext() if graphs is None else graphs.eager_context():
+                    loss = self._loss(batch)
+                    with self._local_backward():
+                        self.manual_backward(loss * weight)
         except torch.cuda.OutOfMemoryError as err:
             if handler is None:
                 raise

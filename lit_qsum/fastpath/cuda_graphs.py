@@ -144,6 +144,13 @@ class StepGraphs:
             self.log(f"fast path: CUDA graphs off: {reason}; training steps run eagerly")
         self.reset()
 
+    def eager_context(self) -> contextlib.AbstractContextManager:
+        """Where the engine runs the micro-batches the graphs leave to it: the autocast of a capture (no weight-cast
+        cache), so compiled blocks see one global state, warm up for it, and are not recompiled inside a capture."""
+        if not self.on:
+            return contextlib.nullcontext()
+        return _same_autocast_without_cache(self.params[0].device.type)
+
     def forward_backward(
         self, batch: Batch, weight: float, backward_context: Callable[[], contextlib.AbstractContextManager]
     ) -> torch.Tensor | None:
@@ -201,12 +208,16 @@ class StepGraphs:
                 (loss * self._weight).backward()
         except torch.cuda.OutOfMemoryError:
             # this micro-batch runs eagerly, where OOM recovery can shrink it; smaller shapes are captured later
+            del graph
             self.reset()
+            _end_generator_capture(device)
             torch.cuda.empty_cache()
             return None
         except RuntimeError as err:
+            del graph
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             self.turn_off(f"capture failed ({first[:200]})")
+            _end_generator_capture(device)
             return None
         seconds = time.perf_counter() - started
         self.stats.captures += 1
@@ -228,6 +239,24 @@ class StepGraphs:
     def _grads_intact(self) -> bool:
         assert self._grads is not None
         return all(p.grad is g for p, g in zip(self.params, self._grads))
+
+
+def _end_generator_capture(device: torch.device) -> None:
+    """Take the CUDA random generator out of capture mode after a failed capture.
+
+    A capture that raises never reaches the generator's capture epilogue, and from then on every eager random op
+    (dropout) fails with "Offset increment outside graph capture encountered unexpectedly". A small capture that
+    succeeds runs the prologue and the epilogue again, which leaves the generator as a finished capture would.
+    """
+    try:
+        torch.cuda.synchronize(device)
+        scratch = torch.zeros(1, device=device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            scratch.add_(1)
+        del graph
+    except RuntimeError:  # nothing more to do: the eager steps will report what is wrong
+        pass
 
 
 @contextlib.contextmanager

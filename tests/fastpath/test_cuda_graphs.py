@@ -227,6 +227,30 @@ def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool,
     assert graphs.stats.captures == 1 and graphs.stats.replays == 2  # one shape: captured once, replayed twice
 
 
+@pytest.mark.gpu
+def test_a_failed_capture_leaves_eager_steps_with_dropout_working() -> None:
+    """A capture that fails (here a host read inside the step) switches graphs off, and the eager steps after it
+    still draw random numbers: a failed capture otherwise leaves the CUDA generator in capture mode."""
+    model = _gpu_model(checkpointing=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    reads = []
+
+    def loss_fn(batch):
+        loss = model(**batch).loss
+        reads.append(loss.item())  # a host sync: can't be captured
+        return loss
+
+    batch = _gpu_batch(1, model.config.vocab_size)
+    graphs = StepGraphs(loss_fn, params, log=lambda _: None)
+    assert graphs.forward_backward(batch, 1.0, _nullcontext) is None  # warm-up: the engine runs it
+    assert graphs.forward_backward(batch, 1.0, _nullcontext) is None
+    assert not graphs.on and "capture failed" in graphs.off_reason
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+        loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in params)
+
+
 def _nullcontext():
     import contextlib
 
