@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     date = dt.datetime.now(dt.timezone.utc).date().isoformat()
     stem = args.out / f"{date}-{args.what}"
-    for path in (stem.with_suffix(".json"), stem.with_suffix(".md")):
+    for path in (_sibling(stem, ".json"), _sibling(stem, ".md")):
         if path.exists():
             sys.exit(f"{path} exists; results are never overwritten: pass another --what, or move it away")
     records: list[dict[str, Any]] = []
@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> None:
                         "smoke": args.smoke, "date": date}
                 records.append(launch_worker(spec, Path(tmp), args.worker_timeout, args.logs))
                 # what has finished so far survives a parent killed by an outer time limit
-                stem.with_suffix(".partial.json").write_text(json.dumps(records, indent=1))
+                _sibling(stem, ".partial.json").write_text(json.dumps(records, indent=1))
     add_loss_diffs(records)
     write_results(stem, records, args)
-    stem.with_suffix(".partial.json").unlink(missing_ok=True)
+    _sibling(stem, ".partial.json").unlink(missing_ok=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -242,18 +242,23 @@ def synthetic_samples(
     return samples
 
 
+def _sibling(stem: Path, suffix: str) -> Path:
+    """``stem`` + ``suffix`` (not ``with_suffix``: shape names like qwen2.5-1.5b carry dots)."""
+    return stem.parent / (stem.name + suffix)
+
+
 def launch_worker(spec: dict[str, Any], tmp: Path, timeout: int, logs: Path | None = None) -> dict[str, Any]:
     """Run one spec in a fresh process (its whole log copied into ``logs``); a failure becomes a record with
     ``error`` set."""
     label = f"{spec['shape']}/{spec['tool']}/{spec['variant']['name']}"
     stem = tmp / label.replace("/", "--")
-    spec = {**spec, "result_path": str(stem.with_suffix(".result.json"))}
-    stem.with_suffix(".spec.json").write_text(json.dumps(spec))
+    spec = {**spec, "result_path": str(_sibling(stem, ".result.json"))}
+    _sibling(stem, ".spec.json").write_text(json.dumps(spec))
     start = time.perf_counter()
     error = None
-    with stem.with_suffix(".log").open("w") as log:
+    with _sibling(stem, ".log").open("w") as log:
         try:
-            done = subprocess.run([sys.executable, __file__, "--worker", str(stem.with_suffix(".spec.json"))],
+            done = subprocess.run([sys.executable, __file__, "--worker", str(_sibling(stem, ".spec.json"))],
                                   stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False)
             if done.returncode != 0:
                 error = f"worker exited with status {done.returncode}"
@@ -263,9 +268,9 @@ def launch_worker(spec: dict[str, Any], tmp: Path, timeout: int, logs: Path | No
     record = json.loads(result_path.read_text()) if result_path.exists() else {}
     if logs is not None:
         logs.mkdir(parents=True, exist_ok=True)
-        shutil.copy(stem.with_suffix(".log"), logs / stem.with_suffix(".log").name)
+        shutil.copy(_sibling(stem, ".log"), logs / _sibling(stem, ".log").name)
     if error or record.get("error"):
-        tail = stem.with_suffix(".log").read_text().splitlines()[-15:]
+        tail = _sibling(stem, ".log").read_text().splitlines()[-15:]
         print(f"{label}: FAILED ({record.get('error') or error})\n  " + "\n  ".join(tail), flush=True)
         record = {**empty_record(spec), **record, "error": record.get("error") or error}
     else:
@@ -345,9 +350,9 @@ def write_results(stem: Path, records: list[dict[str, Any]], args: argparse.Name
             lines.append(f"| {r['shape']} | {r['variant']} | {'-' if hf_loss is None else f'{hf_loss:.5f}'} | "
                          f"{r['loss_check']['eval_loss']:.5f} | {'-' if diff is None else f'{diff:.2e}'} |")
     args.out.mkdir(parents=True, exist_ok=True)
-    with stem.with_suffix(".json").open("x") as f:  # "x": never replace a file that appeared meanwhile
+    with _sibling(stem, ".json").open("x") as f:  # "x": never replace a file that appeared meanwhile
         json.dump(records, f, indent=1)
-    with stem.with_suffix(".md").open("x") as f:
+    with _sibling(stem, ".md").open("x") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     print(f"wrote {stem}.json and {stem}.md", flush=True)

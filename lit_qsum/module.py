@@ -424,7 +424,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             return
         why_not = cuda_graphs.unsupported_reason(
             device=self.device, precision=str(self.trainer.precision), sharded=self.sharded,
-            checkpointing=self.spec.gradient_checkpointing,
+            checkpointing=self.spec.gradient_checkpointing, compiled=self.speed.compile,
         )
         if why_not is not None:
             if self.device.type == "cuda":

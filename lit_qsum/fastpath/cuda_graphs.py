@@ -59,10 +59,16 @@ class _Captured:
     loss: torch.Tensor
 
 
-def unsupported_reason(*, device: torch.device, precision: str, sharded: bool, checkpointing: bool) -> str | None:
-    """Why graphs can't run this training setup (None when they can)."""
+def unsupported_reason(
+    *, device: torch.device, precision: str, sharded: bool, checkpointing: bool, compiled: bool = False
+) -> str | None:
+    """Why graphs can't (or don't yet) run this training setup (None when they can)."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
+    if compiled:
+        # StepGraphs(warm_each_shape=True) is built for this, but no GPU run has yet checked a captured compiled step
+        # against the compiled eager step (issue #16): compiled blocks run without graphs until one has
+        return "speed.compile is on, and graphs over compiled blocks are not verified on a GPU yet"
     if "16-mixed" in precision and "bf16" not in precision:
         return "16-mixed's loss scaling changes between steps (use bf16-mixed)"
     if sharded:

@@ -128,3 +128,29 @@ def test_decoder_only_samples_are_prompt_and_summary_rows(speed: ModuleType) -> 
         assert set(row) == {"prompt_ids", "target_ids"} and row["target_ids"][-1] == 1
         assert len(row["prompt_ids"]) == len(pair["input_ids"]) and len(row["target_ids"]) == len(pair["labels"])
     assert {"qwen2.5-1.5b", "tiny-llama"} <= set(speed.benchmark_shapes())
+
+
+def test_runs_of_a_dotted_shape_keep_their_own_files(speed: ModuleType, tmp_path: Path, monkeypatch) -> None:
+    """qwen2.5-1.5b's runs once shared one result file (``with_suffix`` cut the name at the dot), so a failed run
+    was reported with the figures of the run before it."""
+
+    def fake_worker(cmd, stdout, **_):
+        spec = json.loads(Path(cmd[-1]).read_text())
+        stdout.write(f"log of {spec['tool']}/{spec['variant']['name']}\n")
+        if spec["variant"]["name"] == "default":
+            Path(spec["result_path"]).write_text(json.dumps({"tokens_per_s": 1.0, "step_time_s": 1.0,
+                                                             "peak_allocated_gib": 1.0, "loss_check": {"eval_loss": 1.0}}))
+        return subprocess.CompletedProcess(cmd, 0 if spec["variant"]["name"] == "default" else 1)
+
+    monkeypatch.setattr(speed.subprocess, "run", fake_worker)
+    base = {"shape": "qwen2.5-1.5b", "date": "2026-11-30", "micro_batch": 16, "steps": 2, "num_params": 1}
+    logs = tmp_path / "logs"
+    ran = speed.launch_worker({**base, "tool": "lit-qsum", "variant": {"name": "default", "module": {}, "data": {}}},
+                              tmp_path, 10, logs)
+    failed = speed.launch_worker({**base, "tool": "lit-qsum",
+                                  "variant": {"name": "unsloth", "module": {"backend": "unsloth"}, "data": {}}},
+                                 tmp_path, 10, logs)
+    assert ran["tokens_per_s"] == 1.0 and not ran.get("error")
+    assert failed["variant"] == "unsloth" and failed["error"] and failed["tokens_per_s"] is None
+    assert sorted(p.name for p in logs.iterdir()) == ["qwen2.5-1.5b--lit-qsum--default.log",
+                                                      "qwen2.5-1.5b--lit-qsum--unsloth.log"]

@@ -38,6 +38,8 @@ def test_graphs_are_refused_where_they_cannot_run() -> None:
     assert "FSDP" in unsupported_reason(device=cuda, precision="bf16-mixed", sharded=True, checkpointing=False)
     assert unsupported_reason(device=cuda, precision="bf16-mixed", sharded=False, checkpointing=False) is None
     assert unsupported_reason(device=cuda, precision="32-true", sharded=False, checkpointing=False) is None
+    assert "compile" in unsupported_reason(device=cuda, precision="bf16-mixed", sharded=False, checkpointing=False,
+                                           compiled=True)
 
 
 def test_contiguous_position_bias_keeps_the_values_and_the_loss() -> None:
@@ -259,7 +261,9 @@ def _nullcontext():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("compiled", [False, True])
-def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path, compiled: bool) -> None:
+def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path, compiled: bool, monkeypatch) -> None:
+    if compiled:  # graphs over compiled blocks are refused until this test has passed on a GPU (issue #16)
+        monkeypatch.setattr(cuda_graphs, "unsupported_reason", lambda **_: None)
     seen: list = []
 
     class KeepGraphs(L.Callback):
