@@ -26,7 +26,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lit_qsum import runs
+from lit_qsum import compat, runs
 from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
 from lit_qsum.callbacks.progress import SummarizationProgressBar
 from lit_qsum.callbacks.run_config_saver import RunConfigSaver
@@ -110,7 +110,7 @@ def _did_you_mean(message: str, parser: Any) -> str:
     """`` (did you mean --model.lora.rank?)`` for a mistyped flag of an "unrecognized arguments" error."""
     if "unrecognized arguments" not in message:
         return ""
-    known = [flag for action in parser._actions for flag in action.option_strings]  # argparse has no public list
+    known = compat.option_strings(parser)
     for token in message.split():
         close = difflib.get_close_matches(token.split("=", 1)[0], known, n=1, cutoff=0.8) if token.startswith("--") else []
         if close:

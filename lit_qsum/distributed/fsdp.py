@@ -40,6 +40,7 @@ from torch.optim import Optimizer
 from torchmetrics import Metric
 from typing_extensions import override
 
+from lit_qsum import compat
 from lit_qsum.errors import UserInputError
 from lit_qsum.fastpath.lora_linear import unfuse_lora_layers
 
@@ -130,10 +131,7 @@ class QLoraFSDPStrategy(FSDPStrategy):
 
 def no_split_modules(model: nn.Module) -> set[str]:
     """Class names of the transformer blocks Hugging Face models in ``model`` declare unsplittable."""
-    names: set[str] = set()
-    for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or ())
-    return names
+    return compat.no_split_module_classes(model.modules())
 
 
 def unfuse_own_units(model: nn.Module) -> int:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
+
+from lit_qsum import compat
 
 from lit_qsum.fastpath.attention import contiguous_position_bias
 from lit_qsum.fastpath.lora_linear import fuse_lora_layers, make_traceable
@@ -48,13 +54,6 @@ def restore_speedups() -> None:
         _saved_cudnn_sdp = None
 
 
-def _block_classes(model: torch.nn.Module) -> set[str]:
-    names: set[str] = set()
-    for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or [])
-    return names
-
-
 def compile_blocks(model: torch.nn.Module) -> int:
     """Compile every transformer block (the classes models list in ``_no_split_modules``) for training.
 
@@ -62,19 +61,19 @@ def compile_blocks(model: torch.nn.Module) -> int:
     sizes are dynamic), so a 48-layer T5 compiles four graphs. A block in eval mode (validation's
     generation, with its growing key/value caches) runs eagerly.
     """
-    classes = _block_classes(model)
+    classes = compat.no_split_module_classes(model.modules())
     count = 0
     for module in model.modules():
-        if type(module).__name__ in classes and "_compiled_call_impl" not in module.__dict__:
-            module._compiled_call_impl = _train_only(module, torch.compile(module._call_impl, dynamic=True))
+        if type(module).__name__ in classes and compat.compile_module_call(module, functools.partial(_train_only, module)):
             count += 1
     return count
 
 
-def _train_only(module: torch.nn.Module, compiled):
-    eager = module._call_impl
+def _train_only(module: torch.nn.Module, eager: Callable[..., Any]) -> Callable[..., Any]:
+    """``module``'s call compiled while training, ``eager`` (its own call) otherwise."""
+    compiled = torch.compile(eager, dynamic=True)
 
-    def call(*args, **kwargs):
+    def call(*args: Any, **kwargs: Any) -> Any:
         return compiled(*args, **kwargs) if module.training else eager(*args, **kwargs)
 
     return call

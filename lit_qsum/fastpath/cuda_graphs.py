@@ -35,12 +35,12 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_qsum import compat
+
 Batch = dict[str, Any]
 Key = tuple[tuple[str, tuple[int, ...]], ...]
 # what the training loss reads from a batch (SummarizationModule._loss)
 INPUT_KEYS = ("input_ids", "attention_mask", "labels")
-# transformers' helpers that read the padding mask on the host to skip building an SDPA mask
-_MASK_SKIP_HELPERS = ("_ignore_bidirectional_mask_sdpa", "_ignore_causal_mask_sdpa")
 
 
 @dataclass
@@ -280,12 +280,8 @@ def _same_autocast_without_cache(device_type: str) -> Iterator[None]:
 def always_build_sdpa_masks() -> Iterator[None]:
     """While capturing, transformers always builds the SDPA mask instead of reading the padding mask on the host
     to see whether it may skip it (a host read can't be captured; a built all-ones mask is the same attention)."""
-    try:
-        from transformers import masking_utils  # noqa: PLC0415
-    except ImportError:
-        yield
-        return
-    saved = {name: getattr(masking_utils, name) for name in _MASK_SKIP_HELPERS if hasattr(masking_utils, name)}
+    masking_utils, names = compat.sdpa_mask_skip_helpers()
+    saved = {name: getattr(masking_utils, name) for name in names}
     for name in saved:
         setattr(masking_utils, name, _never_skip)
     try:

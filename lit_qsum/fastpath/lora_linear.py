@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from lit_qsum import compat
 from lit_qsum.fastpath.dequant import dequantize_4bit, dequantize_4bit_torch, dequantize_packed, quant_state_of
 
 Dequantize = Callable[[torch.Tensor, Any, torch.dtype], torch.Tensor]
@@ -135,13 +136,7 @@ def _is_linear4bit(module: torch.nn.Module) -> bool:
 
 def _use_peft(layer: torch.nn.Module, plan: _Plan, args: tuple, kwargs: dict) -> bool:
     """Calls the fast forwards leave to peft's own: extra arguments, adapters disabled, merged or switched."""
-    return bool(
-        args
-        or kwargs
-        or layer._disable_adapters
-        or layer.merged_adapters
-        or layer._active_adapter not in (plan.adapter, [plan.adapter])
-    )
+    return bool(args or kwargs) or not compat.lora_layer_runs_one_adapter(layer, plan.adapter)
 
 
 def _dtypes(plan: _Plan, x: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
