@@ -12,6 +12,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from lit_qsum.callbacks.step_watch import OptimizerStepWatch, uses_cuda
+
 _GIB = 1024**3
 
 
@@ -73,12 +75,9 @@ class CudaMemoryMonitor(Callback):
         self.peak_reserved_bytes_per_rank: list[int] = []
         self._cuda = False
         self._said_cpu = False
-        self._last_step = -1
+        self._watch = OptimizerStepWatch()
 
     # the only torch.cuda / psutil reads; tests replace these to run the CUDA paths on CPU
-    def _uses_cuda(self, trainer: "L.Trainer") -> bool:
-        return trainer.strategy.root_device.type == "cuda"
-
     def _read_cuda_stats(self, device: torch.device) -> dict[str, int]:
         stats = torch.cuda.memory_stats(device)
         return {
@@ -105,7 +104,7 @@ class CudaMemoryMonitor(Callback):
 
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
-        self._cuda = self._uses_cuda(trainer)
+        self._cuda = uses_cuda(trainer)
         if not self._cuda and not self._said_cpu:
             what = "logging host RSS only" if self.log_host_rss else "nothing to log"
             rank_zero_info(f"CudaMemoryMonitor: root device is {trainer.strategy.root_device}, not CUDA; {what}.")
@@ -113,16 +112,15 @@ class CudaMemoryMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        self._last_step = trainer.global_step
+        self._watch.start(trainer)
 
     @override
     def on_train_batch_end(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: STEP_OUTPUT, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
-        if step == self._last_step:  # gradient accumulation: the optimizer has not stepped yet
+        if not self._watch.steps_since_last(trainer):  # gradient accumulation: the optimizer has not stepped yet
             return
-        self._last_step = step
+        step = trainer.global_step
         device = trainer.strategy.root_device
         stats = self._read_cuda_stats(device) if self._cuda else None
         if stats is not None:

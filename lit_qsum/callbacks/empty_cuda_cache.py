@@ -12,6 +12,8 @@ from lightning.pytorch.utilities.memory import garbage_collection_cuda
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from lit_qsum.callbacks.step_watch import OptimizerStepWatch, uses_cuda
+
 
 class EmptyCudaCache(Callback):
     """Call ``torch.cuda.empty_cache()`` every N optimizer steps and once after every validation run.
@@ -34,10 +36,7 @@ class EmptyCudaCache(Callback):
         self.calls = 0
         self._active = False
         self._said_inert = False
-        self._last_step = -1
-
-    def _uses_cuda(self, trainer: "L.Trainer") -> bool:
-        return trainer.strategy.root_device.type == "cuda"
+        self._watch = OptimizerStepWatch()
 
     def _empty_cache(self) -> None:
         if self.gc_collect:
@@ -48,7 +47,7 @@ class EmptyCudaCache(Callback):
 
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
-        self._active = self._uses_cuda(trainer)
+        self._active = uses_cuda(trainer)
         if not self._active and not self._said_inert:
             rank_zero_info(
                 f"EmptyCudaCache: root device is {trainer.strategy.root_device}, not CUDA; the callback does nothing."
@@ -57,18 +56,16 @@ class EmptyCudaCache(Callback):
 
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        self._last_step = trainer.global_step
+        self._watch.start(trainer)
 
     @override
     def on_train_batch_end(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: STEP_OUTPUT, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
         # under gradient accumulation several batches end on the same global_step; release once per optimizer step
-        if not self._active or self.every_n_steps == 0 or step == self._last_step:
+        if not self._watch.steps_since_last(trainer) or not self._active or self.every_n_steps == 0:
             return
-        self._last_step = step
-        if step % self.every_n_steps == 0:
+        if trainer.global_step % self.every_n_steps == 0:
             self._empty_cache()
 
     @override

@@ -15,6 +15,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
+from lit_qsum.callbacks.step_watch import OptimizerStepWatch
+
 
 class SummarizationProgressBar(RichProgressBar):
     """Rich bars on a terminal; a plain line every ``every_n_steps`` optimizer steps when output is not one.
@@ -38,7 +40,7 @@ class SummarizationProgressBar(RichProgressBar):
         super().__init__(refresh_rate=refresh_rate, leave=leave)
         self.every_n_steps = every_n_steps
         self.plain = plain
-        self._last_step = -1
+        self._watch = OptimizerStepWatch()
         self._started: tuple[float, int] | None = None  # (time, global step) when this fit's training began
 
     @override
@@ -60,16 +62,15 @@ class SummarizationProgressBar(RichProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._started = (time.monotonic(), trainer.global_step)
-        self._last_step = trainer.global_step
+        self._watch.start(trainer)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT, batch: Any,
                            batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         step = trainer.global_step
-        if not self.plain or step == self._last_step or step % self.every_n_steps:
-            return  # bars, gradient accumulation, or not a reporting step
-        self._last_step = step
+        if not self._watch.steps_since_last(trainer) or not self.plain or step % self.every_n_steps:
+            return  # gradient accumulation, bars, or not a reporting step
         rank_zero_info(self.step_line(trainer, step))
 
     def step_line(self, trainer: L.Trainer, step: int) -> str:

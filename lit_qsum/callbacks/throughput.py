@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from lit_qsum.callbacks.step_watch import OptimizerStepWatch, uses_cuda
+
 # Why not Lightning's ThroughputMonitor: it can count non-pad tokens (`length_fn=lambda b: int(b["num_tokens"])`), so
 # padding is not the problem. It does not fit because it calls torch.cuda.synchronize() after every train batch (and
 # its totals go through Python comparisons, so a tensor count would sync each batch anyway), runs on rank 0 only and
@@ -50,7 +52,7 @@ class SummarizationThroughput(Callback):
         self._cuda = False
         self._reset_window()
         self._t0: float | None = None
-        self._last_step = -1
+        self._watch = OptimizerStepWatch()
 
     def _reset_window(self) -> None:
         self._tokens: torch.Tensor | None = None
@@ -58,22 +60,19 @@ class SummarizationThroughput(Callback):
         self._steps = 0
         self._elapsed = 0.0
 
-    def _uses_cuda(self, trainer: "L.Trainer") -> bool:
-        return trainer.strategy.root_device.type == "cuda"
-
     def _synchronize(self) -> None:
         if self._cuda:
             torch.cuda.synchronize()
 
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
-        self._cuda = self._uses_cuda(trainer)
+        self._cuda = uses_cuda(trainer)
 
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._reset_window()
         self._t0 = None
-        self._last_step = trainer.global_step
+        self._watch.start(trainer)
 
     @override
     def on_train_batch_start(
@@ -89,11 +88,11 @@ class SummarizationThroughput(Callback):
         tokens = _count_tokens(batch)
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
         self._samples += batch["input_ids"].shape[0]
-        step = trainer.global_step
-        if step == self._last_step:  # gradient accumulation: the optimizer has not stepped yet
+        stepped = self._watch.steps_since_last(trainer)
+        if not stepped:  # gradient accumulation: the optimizer has not stepped yet
             return
-        self._steps += step - self._last_step
-        self._last_step = step
+        self._steps += stepped
+        step = trainer.global_step
         if step % self.window == 0:
             tokens_per_s, samples_per_s, step_time_s = self._close_window(trainer)
             metrics = {

@@ -38,7 +38,7 @@ class FakeCuda:
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
     fake = FakeCuda()
 
-    def uses_cuda(self: CudaMemoryMonitor, trainer: L.Trainer) -> bool:
+    def uses_cuda(trainer: L.Trainer) -> bool:
         fake.trainer = trainer
         return True
 
@@ -47,7 +47,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
         if sys._getframe(1).f_globals["__name__"] == CudaMemoryMonitor.__module__:
             fake.empty_cache_calls += 1
 
-    monkeypatch.setattr(CudaMemoryMonitor, "_uses_cuda", uses_cuda)
+    monkeypatch.setattr(sys.modules[CudaMemoryMonitor.__module__], "uses_cuda", uses_cuda)
     monkeypatch.setattr(CudaMemoryMonitor, "_read_cuda_stats", lambda self, device: fake.stats(self, device))
     monkeypatch.setattr(CudaMemoryMonitor, "_read_cuda_free", lambda self, device: fake.free(self, device))
     monkeypatch.setattr(CudaMemoryMonitor, "_read_host_rss", lambda self: 3 * GIB)

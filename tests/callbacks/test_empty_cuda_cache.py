@@ -31,7 +31,7 @@ def cache_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.fixture
 def fake_cuda(cache_spy: list[int], monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Pretend the root device is CUDA."""
-    monkeypatch.setattr(EmptyCudaCache, "_uses_cuda", lambda self, trainer: True)
+    monkeypatch.setattr(sys.modules[EmptyCudaCache.__module__], "uses_cuda", lambda trainer: True)
     return cache_spy
 
 

@@ -1,4 +1,5 @@
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def test_partial_last_window_counts_toward_totals_and_summary(make_trainer, make
 
 def test_syncs_once_per_window_not_per_step(make_trainer, make_model, monkeypatch: pytest.MonkeyPatch):
     syncs: list[int] = []
-    monkeypatch.setattr(SummarizationThroughput, "_uses_cuda", lambda self, trainer: True)
+    monkeypatch.setattr(sys.modules[SummarizationThroughput.__module__], "uses_cuda", lambda trainer: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(1))
     # 20 steps, windows of 5, validation after steps 10 and 20
     trainer = make_trainer([SummarizationThroughput(window=5)], max_steps=20, limit_train_batches=10)
