@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -32,7 +31,7 @@ from lit_qsum.callbacks.progress import SummarizationProgressBar
 from lit_qsum.callbacks.run_config_saver import RunConfigSaver
 from lit_qsum.callbacks.run_folder_keeper import RunFolderKeeper
 from lit_qsum.checkpoint_io import AdapterCheckpointIO
-from lit_qsum.config_checks import check_settings
+from lit_qsum.config_checks import check_settings, read_config_file
 from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.distributed import close_process_group
 from lit_qsum.errors import UserInputError
@@ -319,22 +318,7 @@ def check_config_files(argv: list[str]) -> None:
     for flag, value in zip(argv, argv[1:]):
         if flag not in ("--config", "-c") or not value.endswith((".yaml", ".yml")):
             continue
-        path = Path(value)
-        if not path.is_file():
-            raise UserInputError(f"--config {value}: no such file")
-        try:
-            content = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise UserInputError(f"--config {value} is not valid YAML: {err}") from err
-        except UnicodeDecodeError as err:
-            raise UserInputError(f"--config {value} is not UTF-8 text: {err}") from err
-        except OSError as err:
-            raise UserInputError(f"--config {value}: can't read the file ({err.strerror or err})") from err
-        if content is None:
-            raise UserInputError(f"--config {value} is empty; a config maps sections (trainer:, model:, data:) to settings")
-        if not isinstance(content, dict):
-            raise UserInputError(f"--config {value} holds a {type(content).__name__}, not a mapping of sections "
-                                 "(trainer:, model:, data:) to settings")
+        read_config_file(value)
 
 
 def check_command(argv: list[str]) -> None:

@@ -10,9 +10,37 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lit_qsum.errors import UserInputError
+
+
+def read_config_file(value: str) -> dict[str, Any]:
+    """The mapping a ``--config`` YAML holds.
+
+    Raises:
+        UserInputError: naming the file when it is missing, unreadable, not UTF-8, not YAML, empty, or not a mapping.
+    """
+    path = Path(value)
+    if not path.is_file():
+        raise UserInputError(f"--config {value}: no such file")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserInputError(f"--config {value} is not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"--config {value} is not UTF-8 text: {err}") from err
+    except OSError as err:
+        raise UserInputError(f"--config {value}: can't read the file ({err.strerror or err})") from err
+    if content is None:
+        raise UserInputError(f"--config {value} is empty; a config maps sections (trainer:, model:, data:) to settings")
+    if not isinstance(content, dict):
+        raise UserInputError(f"--config {value} holds a {type(content).__name__}, not a mapping of sections "
+                             "(trainer:, model:, data:) to settings")
+    return content
 
 
 def check_val_check_interval(value: Any) -> None:

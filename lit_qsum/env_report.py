@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import yaml
 
 from lit_qsum.backends.choice import choose_backend
-from lit_qsum.backends.hf import load_config, task_of
+from lit_qsum.backends.hf import config_for, task_of
 from lit_qsum.backends.probe import probe_environment
 from lit_qsum.backends.unsloth_backend import unsloth_setting_blockers
+from lit_qsum.config_checks import read_config_file
 from lit_qsum.errors import UserInputError
 from lit_qsum.settings import LoraSettings, QuantizationSettings
 
@@ -18,30 +16,12 @@ from lit_qsum.settings import LoraSettings, QuantizationSettings
 def _model_section(config_path: str | None) -> dict:
     if config_path is None:
         return {}
-    path = Path(config_path)
-    if not path.is_file():
-        raise UserInputError(f"--config {config_path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserInputError(f"--config {config_path}: not valid YAML: {err}") from err
-    return (data.get("model") or {}) if isinstance(data, dict) else {}
+    return read_config_file(config_path).get("model") or {}
 
 
 def _model_type(model: dict) -> tuple[str, bool] | None:
-    if model.get("model_config"):
-        from transformers import AutoConfig  # noqa: PLC0415
-
-        model_type = model["model_config"].get("model_type")
-        try:
-            config = AutoConfig.for_model(model_type)
-        except ValueError as err:
-            raise UserInputError(f"model.model_config: unknown model_type {model_type!r}") from err
-    elif model.get("model_name_or_path"):
-        config = load_config(model["model_name_or_path"])
-    else:
-        return None
-    return config.model_type, task_of(config) == "seq2seq"
+    config = config_for(model.get("model_config"), model.get("model_name_or_path"))
+    return None if config is None else (config.model_type, task_of(config) == "seq2seq")
 
 
 def _unsloth_settings(model: dict) -> list[str]:

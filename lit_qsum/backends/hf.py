@@ -51,6 +51,28 @@ def load_config(name_or_path: str) -> PretrainedConfig:
         ) from err
 
 
+def config_for(model_config: dict | None, model_name_or_path: str | None) -> PretrainedConfig | None:
+    """The config a model would be built from, without weights (None when neither source is given).
+
+    ``--model.model_config`` gives the class defaults of its ``model_type`` (enough to tell the task and the
+    backend); ``--model.model_name_or_path`` is read from the hub or a folder (``load_config``).
+
+    Raises:
+        UserInputError: a model_config without a known model_type, or a checkpoint config that can't be read.
+    """
+    if model_config is not None:
+        model_type = model_config.get("model_type")
+        if not model_type:
+            raise UserInputError("--model.model_config needs a model_type (e.g. t5, bart, llama)")
+        try:
+            return AutoConfig.for_model(model_type)
+        except ValueError as err:
+            raise UserInputError(f"--model.model_config: unknown model_type {model_type!r}") from err
+    if model_name_or_path:
+        return load_config(model_name_or_path)
+    return None
+
+
 def task_of(config: PretrainedConfig) -> Task:
     """seq2seq for encoder-decoders (T5, BART...), causal for decoder-only LMs; anything else is an error."""
     if config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:

@@ -170,7 +170,7 @@ def test_env_with_an_unknown_model_type_is_one_line(tmp_path, capsys, monkeypatc
     config = tmp_path / "t55.yaml"
     config.write_text("model:\n  model_config: {model_type: t55}\n", encoding="utf-8")
     err = run_cli(["env", "--config", str(config)], capsys, monkeypatch, tmp_path)
-    assert "lit-qsum: error: model.model_config: unknown model_type 't55'" in err.splitlines()
+    assert "lit-qsum: error: --model.model_config: unknown model_type 't55'" in err.splitlines()
     assert "Traceback" not in err
 
 
