@@ -28,6 +28,8 @@ from lit_qsum.errors import UserInputError
 from lit_qsum.settings import QuantizationSettings
 
 Task = Literal["seq2seq", "causal"]
+T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
+"""model_types of the T5 family: the pad token starts decoding, and float16 overflows (NaN losses)."""
 
 
 def cache_dir() -> Path:
@@ -100,7 +102,7 @@ def config_from_dict(model_config: dict, tokenizer: PreTrainedTokenizerBase) -> 
     config.pad_token_id = tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id
     if getattr(config, "is_encoder_decoder", False):
-        start = tokenizer.pad_token_id if model_type in ("t5", "mt5", "umt5") else tokenizer.eos_token_id
+        start = tokenizer.pad_token_id if model_type in T5_FAMILY else tokenizer.eos_token_id
         config.decoder_start_token_id = start
         config.bos_token_id = getattr(tokenizer, "bos_token_id", None) or start
     elif getattr(tokenizer, "bos_token_id", None) is not None:
