@@ -1,0 +1,107 @@
+"""Causal-LM cross-entropy without the full ``[batch, length, vocab]`` logits.
+
+transformers' causal LMs compute every position's logits (bf16), upcast them to float32 and take the mean
+cross-entropy over the label tokens; for a 151,936-token vocabulary (Qwen2.5) at micro-batch 16 x 600 tokens that is
+several GB of logits, their float32 copy and their gradient, and under CUDA graphs it stays reserved in the graph's
+memory pool. ``linear_cross_entropy`` computes the same loss a chunk of rows at a time: each chunk's logits are made,
+reduced to the chunk's loss and dropped, and the backward makes them again to get the gradient of the hidden states.
+The LM head is frozen (LoRA adapts attention and MLP layers), so no gradient of its weight is needed. It costs one
+more ``[rows, hidden] x [hidden, vocab]`` GEMM per chunk; there are no host syncs, so it can be captured.
+
+The arithmetic is transformers': logits in the compute dtype (autocast's, else the hidden states'), upcast to
+float32, ``logsumexp - logit[label]`` per label token, the sum divided by the number of label tokens (NaN when
+there are none, as ``cross_entropy(reduction="mean")`` gives).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+# causal-LM classes whose logits are exactly lm_head(base_model(...).last_hidden_state), no scaling or soft-capping
+PLAIN_HEAD_CAUSAL_LMS = frozenset({"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"})
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``labels``, chunk by chunk; gradients for ``hidden`` only."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int,
+                dtype: torch.dtype) -> torch.Tensor:
+        w = weight.to(dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            logits = torch.mm(hidden[start:start + chunk_rows].to(dtype), w.t()).float()
+            target = labels[start:start + chunk_rows]
+            valid = target != IGNORE_INDEX
+            picked = logits.gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
+            total += torch.where(valid, torch.logsumexp(logits, dim=1) - picked, 0.0).sum()
+        count = (labels != IGNORE_INDEX).sum()
+        ctx.save_for_backward(hidden, weight, labels, count)
+        ctx.chunk_rows, ctx.dtype = chunk_rows, dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        with torch.autocast(grad.device.type, enabled=False):  # explicit dtypes below; CPU backward runs in autocast
+            return LinearCrossEntropy._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        hidden, weight, labels, count = ctx.saved_tensors
+        dtype, rows = ctx.dtype, ctx.chunk_rows
+        w = weight.to(dtype)
+        scale = grad.float() / count
+        grad_hidden = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], rows):
+            logits = torch.mm(hidden[start:start + rows].to(dtype), w.t()).float()
+            target = labels[start:start + rows]
+            valid = target != IGNORE_INDEX
+            probs = torch.softmax(logits, dim=1)
+            probs.scatter_add_(1, target.clamp_min(0).unsqueeze(1), torch.full_like(probs[:, :1], -1.0))
+            probs.mul_(torch.where(valid, scale, 0.0).unsqueeze(1))
+            grad_hidden[start:start + rows] = torch.mm(probs.to(dtype), w).to(hidden.dtype)
+        return grad_hidden, None, None, None, None
+
+
+CHUNK_BYTES = 512 << 20
+"""Size of one chunk's float32 logits (the backward holds two such buffers at a time)."""
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                         chunk_rows: int | None = None) -> torch.Tensor:
+    """Mean token cross-entropy of ``hidden [..., H] @ weight [V, H].T`` against ``labels [...]`` (-100 ignored).
+
+    ``chunk_rows`` rows of logits at a time (default: as many as fit in ``CHUNK_BYTES`` of float32).
+    """
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_BYTES // (weight.shape[0] * 4))
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    with torch.autocast(device_type, enabled=False):
+        return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1), chunk_rows,
+                                        dtype)
+
+
+def plain_head_causal_lm(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The transformers causal LM inside ``model`` (a peft model or the LM itself) when its loss can be chunked:
+    a class whose logits are ``lm_head(model(...))`` with a frozen, bias-free, unquantized head; else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if type(base).__name__ not in PLAIN_HEAD_CAUSAL_LMS:
+        return None
+    head = getattr(base, "lm_head", None)
+    if type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad:
+        return None
+    if getattr(base.config, "final_logit_softcapping", None) is not None:
+        return None
+    return base
+
+
+def causal_lm_loss(lm: torch.nn.Module, batch: dict[str, torch.Tensor], *, chunk_rows: int | None = None) -> torch.Tensor:
+    """transformers' causal-LM training loss of ``batch`` (labels shifted by one) through ``linear_cross_entropy``."""
+    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return linear_cross_entropy(hidden[:, :-1], lm.lm_head.weight, batch["labels"][:, 1:], chunk_rows=chunk_rows)

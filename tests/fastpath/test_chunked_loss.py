@@ -1,0 +1,92 @@
+"""Chunked causal-LM cross-entropy: the loss and the gradients of transformers' own loss, without full logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_qsum.fastpath.chunked_loss import causal_lm_loss, linear_cross_entropy, plain_head_causal_lm
+
+TINY = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+
+
+def _model(kind: str):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    lm = (LlamaForCausalLM(LlamaConfig(**TINY)) if kind == "llama"
+          else Qwen2ForCausalLM(Qwen2Config(**TINY, tie_word_embeddings=True)))
+    model = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    return model
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 97, (3, 11), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    labels = ids.clone()
+    labels[:, :4] = -100  # the prompt
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _loss_and_grads(model, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("chunk_rows", [None, 7])
+def test_chunked_loss_gives_the_models_loss_and_lora_gradients(kind: str, chunk_rows: int | None) -> None:
+    model = _model(kind)
+    batch = _batch()
+    lm = plain_head_causal_lm(model)
+    assert lm is not None
+    want_loss, want = _loss_and_grads(model, lambda: model(**batch).loss)
+    got_loss, got = _loss_and_grads(model, lambda: causal_lm_loss(lm, batch, chunk_rows=chunk_rows))
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=1e-6)
+    assert want.keys() == got.keys() and want
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_chunked_loss_under_bf16_autocast_matches_the_model() -> None:
+    """Logits in bf16, upcast to float32, as transformers computes them under autocast."""
+    model = _model("llama")
+    batch = _batch()
+    lm = plain_head_causal_lm(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want_loss, want = _loss_and_grads(model, lambda: model(**batch).loss)
+        got_loss, got = _loss_and_grads(model, lambda: causal_lm_loss(lm, batch, chunk_rows=5))
+    torch.testing.assert_close(got_loss, want_loss, rtol=2e-3, atol=1e-4)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=2e-2, atol=2e-4, msg=name)
+
+
+def test_no_label_tokens_gives_nan_as_the_mean_cross_entropy_does() -> None:
+    hidden = torch.randn(4, 8, requires_grad=True)
+    loss = linear_cross_entropy(hidden, torch.randn(10, 8), torch.full((4,), -100), chunk_rows=3)
+    reference = torch.nn.functional.cross_entropy(hidden.detach() @ torch.randn(10, 8).t(), torch.full((4,), -100))
+    assert torch.isnan(loss) and torch.isnan(reference)
+
+
+def test_models_with_a_different_head_are_left_to_their_own_loss() -> None:
+    from transformers import BartConfig, BartForConditionalGeneration, Gemma2Config, Gemma2ForCausalLM
+
+    assert plain_head_causal_lm(BartForConditionalGeneration(BartConfig(
+        vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32))) is None
+    assert plain_head_causal_lm(Gemma2ForCausalLM(Gemma2Config(**{**TINY, "head_dim": 8}))) is None  # soft-capping
+    model = _model("llama")
+    model.get_base_model().lm_head.weight.requires_grad_(True)  # a trained head needs its own gradient
+    assert plain_head_causal_lm(model) is None
