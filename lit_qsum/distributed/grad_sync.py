@@ -37,24 +37,65 @@ def local_backward(model: torch.nn.Module | None) -> AbstractContextManager:
     return model.no_sync() if isinstance(model, DistributedDataParallel) else nullcontext()
 
 
+def flat_grads(params: list[torch.nn.Parameter]) -> dict[torch.dtype, torch.Tensor]:
+    """Make the gradients of ``params`` views of one flat buffer per dtype (keeping their values; a missing gradient
+    becomes zeros); returns the buffers.
+
+    Autograd accumulates into an existing ``.grad`` in place, so the views stay views as long as nobody replaces
+    them (zero them in place: ``zero_grad(set_to_none=False)``), and ``all_reduce_grads`` then averages each
+    buffer with one collective and no copies.
+    """
+    buffers: dict[torch.dtype, torch.Tensor] = {}
+    for dtype, group in _by_dtype(params).items():
+        flat = torch.zeros(sum(p.numel() for p in group), dtype=dtype, device=group[0].device)
+        offset = 0
+        for p in group:
+            view = flat[offset : offset + p.numel()].view_as(p)
+            if p.grad is not None:
+                view.copy_(p.grad)
+            p.grad = view
+            offset += p.numel()
+        buffers[dtype] = flat
+    return buffers
+
+
 def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     """Average the gradients of ``params`` over all ranks in place (a missing gradient counts as zeros)."""
     world = dist.get_world_size()
-    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
-    for p in params:
-        by_dtype.setdefault(p.dtype, []).append(p)
-    for group in by_dtype.values():
+    for group in _by_dtype(params).values():
         for p in group:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        flat = _shared_buffer(group)
+        if flat is not None:  # the gradients are views of one buffer (flat_grads): reduce it where it lies
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(world)
+            continue
         flat = torch.cat([p.grad.reshape(-1) for p in group])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world)
-        offset = 0
-        for p in group:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
+        torch._foreach_copy_([p.grad for p in group], [v.view_as(p) for v, p in zip(flat.split([p.numel() for p in group]), group)])
+
+
+def _by_dtype(params: list[torch.nn.Parameter]) -> dict[torch.dtype, list[torch.nn.Parameter]]:
+    groups: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault(p.dtype, []).append(p)
+    return groups
+
+
+def _shared_buffer(group: list[torch.nn.Parameter]) -> torch.Tensor | None:
+    """The flat tensor the group's gradients are consecutive, contiguous views of, in order (None if they aren't)."""
+    first = group[0].grad
+    storage = first.untyped_storage()
+    offset = first.storage_offset()
+    for p in group:
+        grad = p.grad
+        if grad.untyped_storage().data_ptr() != storage.data_ptr() or grad.storage_offset() != offset or not grad.is_contiguous():
+            return None
+        offset += grad.numel()
+    start = first.storage_offset()
+    return first.new_empty(0).set_(storage, start, (offset - start,), (1,))
 
 
 def agree(values: list[torch.Tensor | float], device: torch.device) -> list[float]:

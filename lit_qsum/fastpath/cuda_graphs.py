@@ -36,6 +36,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_qsum import compat
+from lit_qsum.distributed import grad_sync
 
 Batch = dict[str, Any]
 Key = tuple[tuple[str, tuple[int, ...]], ...]
@@ -198,7 +199,9 @@ class StepGraphs:
         self, key: Key, batch: Batch, backward_context: Callable[[], contextlib.AbstractContextManager]
     ) -> _Captured | None:
         if self._grads is None:
-            self._grads = [self._static_grad(p) for p in self.params]
+            # one flat buffer per dtype: DDP's per-step all-reduce then runs on it in place (grad_sync.all_reduce_grads)
+            grad_sync.flat_grads(self.params)
+            self._grads = [p.grad for p in self.params]
         device = self.params[0].device
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
@@ -235,12 +238,6 @@ class StepGraphs:
         captured = _Captured(graph, inputs, loss.detach())
         self._graphs[key] = captured
         return captured
-
-    @staticmethod
-    def _static_grad(param: torch.nn.Parameter) -> torch.Tensor:
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-        return param.grad
 
     def _grads_intact(self) -> bool:
         assert self._grads is not None

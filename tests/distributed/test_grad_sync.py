@@ -33,6 +33,46 @@ def _worker(rank: int, port: int, results: dict) -> None:
         dist.destroy_process_group()
 
 
+def _flat_worker(rank: int, port: int, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        a = torch.nn.Parameter(torch.zeros(3))
+        b = torch.nn.Parameter(torch.zeros(2, 2))
+        a.grad = torch.full((3,), float(rank + 1))  # kept by flat_grads
+        buffers = grad_sync.flat_grads([a, b])
+        (a * 0).sum().backward()  # autograd adds into the views in place
+        b.grad.add_(10.0 * (rank + 1))
+        grads = [a.grad, b.grad]
+        grad_sync.all_reduce_grads([a, b])
+        results[rank] = (a.grad.tolist(), b.grad.tolist(), buffers[torch.float32].tolist(),
+                         all(p.grad is g for p, g in zip((a, b), grads)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_flat_gradients_are_reduced_where_they_lie() -> None:
+    results = mp.Manager().dict()
+    mp.start_processes(_flat_worker, args=(_free_port(), results), nprocs=2, start_method="fork")
+    for rank in (0, 1):
+        a, b, flat, same_tensors = results[rank]
+        assert a == [1.5] * 3 and b == [[15.0, 15.0], [15.0, 15.0]]
+        assert flat == [1.5] * 3 + [15.0] * 4  # the buffer itself was reduced: the gradients are its views
+        assert same_tensors
+
+
+def test_flat_grads_lays_gradients_out_as_views_of_one_buffer_per_dtype() -> None:
+    a, b = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4))
+    c = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    b.grad = torch.arange(4.0)
+    buffers = grad_sync.flat_grads([a, b, c])
+    assert set(buffers) == {torch.float32, torch.float64}
+    assert buffers[torch.float32].tolist() == [0.0] * 6 + [0.0, 1.0, 2.0, 3.0]
+    assert grad_sync._shared_buffer([a, b]).data_ptr() == buffers[torch.float32].data_ptr()
+    assert grad_sync._shared_buffer([b, a]) is None  # not in buffer order
+    a.grad = a.grad.clone()  # replaced (an OOM rollback): no longer one buffer
+    assert grad_sync._shared_buffer([a, b]) is None
+
+
 def test_all_reduce_averages_each_dtype_and_agree_takes_the_max() -> None:
     results = mp.Manager().dict()
     mp.start_processes(_worker, args=(_free_port(), results), nprocs=2, start_method="fork")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lit_qsum.data.datamodule import SummarizationDataModule
+from lit_qsum.distributed import grad_sync
 from lit_qsum.fastpath import cuda_graphs
 from lit_qsum.fastpath.attention import contiguous_position_bias
 from lit_qsum.fastpath.cuda_graphs import StepGraphs, _Captured, always_build_sdpa_masks, unsupported_reason
@@ -87,7 +88,8 @@ class EagerStandInGraphs(StepGraphs):
 
     def _capture(self, key, batch, backward_context):
         if self._grads is None:
-            self._grads = [self._static_grad(p) for p in self.params]
+            grad_sync.flat_grads(self.params)  # as the real capture lays them out
+            self._grads = [p.grad for p in self.params]
         if self._weight is None:
             self._weight = torch.ones((), dtype=torch.float32)
         inputs = {name: batch[name].clone() for name, _ in key}
