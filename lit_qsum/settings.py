@@ -110,5 +110,8 @@ class SpeedSettings:
     fused_optimizer: bool = True
     """Run torch's Adam/AdamW as its fused CUDA kernel (one launch for every adapter tensor) unless the
     optimizer's init_args choose foreach or fused themselves."""
+    fp32_modules_in_bf16: bool = True
+    """Under bf16 precision, store the frozen layers transformers keeps in float32 (T5's ``wo``) in bf16: the same
+    results (autocast runs them in bf16), half their memory, no per-call casts."""
     contiguous_attention_bias: bool = True
     """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel."""

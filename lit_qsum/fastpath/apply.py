@@ -18,15 +18,27 @@ _saved_cudnn_sdp: bool | None = None
 
 
 def apply_speedups(
-    model: torch.nn.Module, speed: SpeedSettings, *, device: torch.device, gradient_checkpointing: bool
+    model: torch.nn.Module,
+    speed: SpeedSettings,
+    *,
+    device: torch.device,
+    gradient_checkpointing: bool,
+    precision: str | None = None,
 ) -> list[str]:
-    """Fuse LoRA layers and pick the attention backend; returns one log line per decision."""
+    """Fuse LoRA layers and pick the attention backend; returns one log line per decision.
+
+    ``precision`` is the Trainer's (``bf16-mixed``...): under bf16 the layers transformers keeps in float32 are
+    stored in bf16 (``speed.fp32_modules_in_bf16``).
+    """
     global _saved_cudnn_sdp  # noqa: PLW0603 - the backend flag is process-wide in torch itself
     report = []
     if speed.fused_lora:
         fused, skipped = fuse_lora_layers(model, keep_weight=gradient_checkpointing, dequant=speed.dequant)
         left = ", ".join(f"{n} ({why})" for why, n in skipped.items())
         report.append(f"fast path: {fused} LoRA layers fused" + (f"; left to peft: {left}" if left else ""))
+    if speed.fp32_modules_in_bf16 and precision in BF16_PRECISIONS and (cast := fp32_modules_to(model, torch.bfloat16)):
+        report.append(f"fast path: {cast} frozen float32 weights of {', '.join(sorted(cast_names(model)))} layers "
+                      "stored in bf16 (bf16 autocast computes them in bf16 anyway)")
     if speed.contiguous_attention_bias and (biased := contiguous_position_bias(model)):
         report.append(f"fast path: {biased} T5 position biases laid out contiguously (fused SDPA attention)")
     if speed.compile and device.type != "cuda":
@@ -44,6 +56,41 @@ def apply_speedups(
         torch.backends.cuda.enable_cudnn_sdp(False)
         report.append("fast path: cuDNN attention off (flash / memory-efficient SDPA instead)")
     return report
+
+
+BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
+
+
+def cast_names(model: torch.nn.Module) -> set[str]:
+    """The layer names transformers keeps in float32 for ``model`` (``_keep_in_fp32_modules``; T5: ``wo``)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_keep_in_fp32_modules", None) or ())
+    return names
+
+
+def fp32_modules_to(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen float32 weights of the layers transformers keeps in float32 in ``dtype``; returns how many.
+
+    transformers keeps T5's FFN output projection ``wo`` in float32 (unquantized) for float16 runs, where it
+    overflows. Under bf16 autocast its GEMM runs in bf16 anyway: the float32 weight is cast on every call, and T5
+    casts the FFN activations to float32 to match it. Stored in bf16 the results are the same, the weight takes half
+    the memory, and both casts go. Trainable tensors (the LoRA adapters) stay float32. Layers left to peft's own
+    LoRA forward (not fused) keep float32: peft adds the adapter's gradient to the input's in the input's dtype, so
+    bf16 storage would round it differently.
+    """
+    names = cast_names(model)
+    count = 0
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] not in names:
+            continue
+        if hasattr(module, "lora_A") and "_lit_qsum_plan" not in module.__dict__:
+            continue
+        for param in module.parameters():
+            if not param.requires_grad and param.dtype == torch.float32:
+                param.data = param.data.to(dtype)
+                count += 1
+    return count
 
 
 def restore_speedups() -> None:
