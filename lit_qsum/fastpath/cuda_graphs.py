@@ -91,6 +91,8 @@ class StepGraphs:
         loss_fn: The training loss of a batch (reads ``INPUT_KEYS``).
         params: The trainable parameters; their ``.grad`` tensors must stay the same objects between steps.
         max_graphs: Shapes beyond this many run eagerly (each graph costs a capture; memory is shared).
+        max_capture_ooms: Captures that may run out of memory before graphs are switched off for the run (the first
+            ones free every graph, so that the eager step's OOM recovery can shrink the batch).
         warm_each_shape: Run each shape's first micro-batch eagerly and capture it when it comes again (for
             compiled blocks: compiling and autotuning can't happen inside a capture).
         log: Where the one-line messages go (capture costs, the reason graphs were switched off).
@@ -102,6 +104,7 @@ class StepGraphs:
         params: Sequence[torch.nn.Parameter],
         *,
         max_graphs: int = 64,
+        max_capture_ooms: int = 2,
         warm_each_shape: bool = False,
         log: Callable[[str], None] = rank_zero_info,
     ) -> None:
@@ -110,6 +113,8 @@ class StepGraphs:
         self.loss_fn = loss_fn
         self.params = list(params)
         self.max_graphs = max_graphs
+        self.max_capture_ooms = max_capture_ooms
+        self.capture_ooms = 0
         self.warm_each_shape = warm_each_shape
         self.log = log
         self.stats = GraphStats()
@@ -198,35 +203,28 @@ class StepGraphs:
     def _capture(
         self, key: Key, batch: Batch, backward_context: Callable[[], contextlib.AbstractContextManager]
     ) -> _Captured | None:
+        """Capture ``batch``'s shape; on failure say why, leave this micro-batch to the eager step and return None."""
         if self._grads is None:
             # one flat buffer per dtype: DDP's per-step all-reduce then runs on it in place (grad_sync.all_reduce_grads)
             grad_sync.flat_grads(self.params)
             self._grads = [p.grad for p in self.params]
-        device = self.params[0].device
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-            self._weight = torch.ones((), dtype=torch.float32, device=device)
-        inputs = {name: batch[name].clone() for name, _ in key}
-        graph = torch.cuda.CUDAGraph()
         started = time.perf_counter()
         try:
-            with _same_autocast_without_cache(device.type), torch.cuda.graph(
-                graph, pool=self._pool, capture_error_mode="thread_local"
-            ), always_build_sdpa_masks(), backward_context():
-                loss = self.loss_fn(inputs)
-                (loss * self._weight).backward()
+            captured = self._record(key, batch, backward_context)
         except torch.cuda.OutOfMemoryError:
-            # this micro-batch runs eagerly, where OOM recovery can shrink it; smaller shapes are captured later
-            del graph
-            self.reset()
-            _end_generator_capture(device)
-            torch.cuda.empty_cache()
+            self.capture_ooms += 1
+            if self.capture_ooms >= self.max_capture_ooms:
+                # graphs hold their own memory pool; where captures keep running out, eager steps use less
+                self.turn_off(f"{self.capture_ooms} captures ran out of GPU memory")
+            else:
+                # this micro-batch runs eagerly, where OOM recovery can shrink it; smaller shapes are captured later
+                self.reset()
+            self._after_failed_capture()
             return None
         except RuntimeError as err:
-            del graph
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             self.turn_off(f"capture failed ({first[:200]})")
-            _end_generator_capture(device)
+            self._after_failed_capture()
             return None
         seconds = time.perf_counter() - started
         self.stats.captures += 1
@@ -235,9 +233,30 @@ class StepGraphs:
             shape = ", ".join(f"{name} {list(size)}" for name, size in key)
             self.log(f"fast path: captured the training step as a CUDA graph for {shape} in {seconds:.1f} s; "
                      "each new batch shape costs one capture (see summary())")
-        captured = _Captured(graph, inputs, loss.detach())
         self._graphs[key] = captured
         return captured
+
+    def _record(
+        self, key: Key, batch: Batch, backward_context: Callable[[], contextlib.AbstractContextManager]
+    ) -> _Captured:
+        """Capture the step of ``batch``'s shape into the shared pool (raises what the capture raised)."""
+        device = self.params[0].device
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+            self._weight = torch.ones((), dtype=torch.float32, device=device)
+        inputs = {name: batch[name].clone() for name, _ in key}
+        graph = torch.cuda.CUDAGraph()
+        with _same_autocast_without_cache(device.type), torch.cuda.graph(
+            graph, pool=self._pool, capture_error_mode="thread_local"
+        ), always_build_sdpa_masks(), backward_context():
+            loss = self.loss_fn(inputs)
+            (loss * self._weight).backward()
+        return _Captured(graph, inputs, loss.detach())
+
+    def _after_failed_capture(self) -> None:
+        device = self.params[0].device
+        _end_generator_capture(device)
+        torch.cuda.empty_cache()
 
     def _grads_intact(self) -> bool:
         assert self._grads is not None

@@ -86,10 +86,7 @@ class EagerStandInGraphs(StepGraphs):
         super().__init__(*args, **kwargs)
         EagerStandInGraphs.made.append(self)
 
-    def _capture(self, key, batch, backward_context):
-        if self._grads is None:
-            grad_sync.flat_grads(self.params)  # as the real capture lays them out
-            self._grads = [p.grad for p in self.params]
+    def _record(self, key, batch, backward_context):
         if self._weight is None:
             self._weight = torch.ones((), dtype=torch.float32)
         inputs = {name: batch[name].clone() for name, _ in key}
@@ -103,10 +100,37 @@ class EagerStandInGraphs(StepGraphs):
                 (loss * self._weight).backward()
             loss_out.copy_(loss.detach())
 
-        self.stats.captures += 1
-        captured = _Captured(_EagerReplay(run), inputs, loss_out)  # type: ignore[arg-type]
-        self._graphs[key] = captured
-        return captured
+        return _Captured(_EagerReplay(run), inputs, loss_out)  # type: ignore[arg-type]
+
+    def _after_failed_capture(self) -> None:
+        pass
+
+
+class OutOfMemoryCaptures(EagerStandInGraphs):
+    """Captures of shapes in ``too_big`` run out of memory."""
+
+    too_big: set[int] = set()
+
+    def _record(self, key, batch, backward_context):
+        if batch["input_ids"].shape[1] in self.too_big:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super()._record(key, batch, backward_context)
+
+
+def test_captures_that_run_out_of_memory_free_the_graphs_then_switch_them_off() -> None:
+    weight = torch.nn.Parameter(torch.ones(3))
+
+    def loss_fn(batch):
+        return (batch["input_ids"].float().sum(-1, keepdim=True) * weight).mean()
+
+    OutOfMemoryCaptures.too_big = {32}
+    graphs = OutOfMemoryCaptures(loss_fn, [weight], log=lambda _: None)
+    ran = [graphs.forward_backward({"input_ids": torch.ones(2, n)}, 1.0, _nullcontext) is not None
+           for n in (8, 8, 32, 8, 16, 32, 8)]
+    # warm-up, capture 8, OOM at 32 (graphs freed), recapture 8, capture 16, second OOM (off), eager from then on
+    assert ran == [False, True, False, True, True, False, False]
+    assert graphs.capture_ooms == 2 and not graphs.on and "ran out of GPU memory" in graphs.off_reason
+    assert graphs.stats.captures == 3
 
 
 def test_compiled_blocks_see_each_shape_eagerly_before_it_is_captured() -> None:
