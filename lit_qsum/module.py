@@ -11,7 +11,7 @@ The training step's machinery (micro-batches, OOM recovery, NaN/Inf skips, DDP/F
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as L
 import torch
@@ -27,6 +27,7 @@ from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
 from lit_qsum import rng_state
 from lit_qsum.cpu_threads import set_cpu_threads
 from lit_qsum.distributed import fsdp, grad_sync
+from lit_qsum.lr_schedule import LRDecay, WarmupDecayLR
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
 from lit_qsum.metrics.tokenizers import check_tokenizer
@@ -83,7 +84,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         optimizer: OptimizerCallable = _default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
         warmup_ratio: float = 0.05,
-        lr_decay: Literal["linear", "cosine", "constant"] = "linear",
+        lr_decay: LRDecay = "linear",
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = 1.0,
         max_consecutive_nonfinite: int = 5,
@@ -377,7 +378,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(self._estimated_optimizer_steps()))
+            scheduler = WarmupDecayLR(optimizer, self._estimated_optimizer_steps(), self.warmup_ratio, self.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _estimated_optimizer_steps(self) -> float:
@@ -404,13 +405,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         # backward (see lit_qsum.distributed.grad_sync)
         self._syncs_per_step = grad_sync.syncs_per_step(self.trainer.strategy.model) or self.sharded
         self._setup_step_speed()
-        # configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
-        # OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run
-        if self.scheduler_factory is None:
-            self._lr_total_steps = self._estimated_optimizer_steps()
-            scheduler = self.lr_schedulers()  # the LR in force came from the old length (same value if unchanged)
-            for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
-                group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
+        self._setup_lr_schedule()
         self._apply_open_step()
         rank_zero_info(self._run_summary())
 
@@ -433,6 +428,12 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.step_graphs = cuda_graphs.StepGraphs(
             self._loss, self._trainable(), warm_each_shape=self.speed.compile, log=rank_zero_info
         )
+
+    def _setup_lr_schedule(self) -> None:
+        """configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
+        OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run."""
+        if self.scheduler_factory is None:  # the built-in WarmupDecayLR; a configured scheduler is left as built
+            self.lr_schedulers().set_total_steps(self._estimated_optimizer_steps())
 
     @override
     def on_train_end(self) -> None:
@@ -489,24 +490,6 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
-
-    def _lr_lambda(self, total_steps: float):
-        self._lr_total_steps = total_steps
-        decay = self.lr_decay
-
-        def factor(step: int) -> float:
-            total = max(int(self._lr_total_steps) if math.isfinite(self._lr_total_steps) else 10_000, 1)
-            warmup = int(self.warmup_ratio * total)
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if decay == "constant":
-                return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            if decay == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return max(1.0 - progress, 0.0)
-
-        return factor
 
     # ---- checkpointing: adapters and training state only ----------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

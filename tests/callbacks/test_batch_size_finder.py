@@ -120,7 +120,7 @@ def test_finds_the_size_of_the_longest_batch_keeps_a_margin_and_restores_state(
     assert {len(idx) for idx in trained[:-1]} == {final}
     assert trainer.global_step == math.ceil(N / final) and scaler.recoveries == 0
     # the LR schedule spans the run at the size found (it was sized for batches of 4 before the finder ran)
-    assert module._lr_total_steps == trainer.global_step and trainer.optimizers[0].param_groups[0]["lr"] == 0.0
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == trainer.global_step and trainer.optimizers[0].param_groups[0]["lr"] == 0.0
 
 
 def test_no_size_fits_says_what_to_change(make_summarizer, make_summary_data, summary_trainer):
