@@ -16,8 +16,6 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
@@ -155,7 +153,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.loaded: LoadedModel | None = None
         self.run_facts: dict[str, Any] = {}
-        self._val_examples: list[tuple[str, str, str]] = []
+        # (dialogue, reference, prediction) of this validation's first examples, for TensorBoardSummaries
+        self.val_examples: list[tuple[str, str, str]] = []
         self.checkpoint_step: int | None = None  # the optimizer step of the checkpoint loaded, if any
         self._threads_before: int | None = None
         self._resumed_open_step: dict[str, Any] | None = None  # see on_load_checkpoint
@@ -280,17 +279,17 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=size, prog_bar=prefix == "val")
         predictions = [text for _, (_, texts) in pieces for text in texts]
         rouge.update(predictions, batch["references"])
-        room = self.num_logged_examples - len(self._val_examples)
+        room = self.num_logged_examples - len(self.val_examples)
         if prefix == "val" and room > 0:  # the first examples of the validation, not the whole first batch
             examples = zip(batch["dialogue"], batch["references"], predictions)
-            self._val_examples += [(dialogue, refs[0], pred) for dialogue, refs, pred in list(examples)[:room]]
+            self.val_examples += [(dialogue, refs[0], pred) for dialogue, refs, pred in list(examples)[:room]]
         if prefix == "val" and batch_idx == 0 and predictions:
             rank_zero_info(f"example summary: {predictions[0]!r} | reference: {batch['references'][0][0]!r}")
 
     @override
     def on_validation_epoch_end(self) -> None:
         self._log_rouge("val", self.val_rouge)
-        self._log_examples()
+        self.val_examples = []  # written by TensorBoardSummaries, whose hook runs before this one
 
     @override
     def on_test_epoch_end(self) -> None:
@@ -302,17 +301,6 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             self.log(f"{prefix}/{name}", value, prog_bar=name == "rougeL", sync_dist=False)
         self.log(f"{prefix}/num_examples", rouge.num_examples.clone().float(), reduce_fx="sum", sync_dist=True)
         rouge.reset()
-
-    def _log_examples(self) -> None:
-        examples, self._val_examples = self._val_examples, []
-        experiment = getattr(self.logger, "experiment", None)
-        if not examples or self.trainer.sanity_checking or not hasattr(experiment, "add_text"):
-            return
-        rows = ["| dialogue | reference | prediction |", "|---|---|---|"]
-        for dialogue, reference, prediction in examples:
-            cells = [c.replace("|", "\\|").replace("\n", "<br>") for c in (dialogue, reference, prediction)]
-            rows.append("| " + " | ".join(cells) + " |")
-        experiment.add_text("val/examples", "\n".join(rows), global_step=self.global_step)
 
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, list]:
@@ -459,29 +447,6 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         if trainer.logger is not None and trainer.logger.log_dir:
             parts.append(f"logs -> {trainer.logger.log_dir}")
         return "run: " + "; ".join(parts)
-
-    @override
-    def on_fit_end(self) -> None:
-        # TensorBoard's HPARAMS tab: this run's settings and decisions beside its final validation scores
-        # (configs set default_hp_metric: false so Lightning writes no placeholder session first)
-        if not isinstance(self.logger, TensorBoardLogger):
-            return
-        final = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        if not final:
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        params = {**dict(self.hparams), **self.run_facts}
-        if datamodule is not None:
-            params.update({f"data.{k}": v for k, v in dict(datamodule.hparams).items()})
-        # the metric values come from the val/* scalars already logged; write only the HPARAMS session (as
-        # Lightning's TensorBoardLogger does internally) instead of log_hyperparams(metrics=...), which would
-        # log every val/* scalar a second time
-        from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
-
-        flat = self.logger._sanitize_params(_flatten_dict(_convert_params(params)))
-        writer = self.logger.experiment._get_file_writer()
-        for summary in hparams(flat, final):
-            writer.add_summary(summary, self.global_step)
 
     @override
     def teardown(self, stage: str) -> None:

@@ -18,4 +18,4 @@ def test_validation_logs_num_logged_examples_not_a_whole_batch(monkeypatch: pyte
     monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
     module._eval_step(batch, 0, "val", module.val_rouge)
     module._eval_step(batch, 1, "val", module.val_rouge)
-    assert module._val_examples == [(f"dialogue {i}", f"reference {i}", f"prediction {i}") for i in range(4)]
+    assert module.val_examples == [(f"dialogue {i}", f"reference {i}", f"prediction {i}") for i in range(4)]
