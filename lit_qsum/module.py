@@ -4,8 +4,9 @@ Read top to bottom: ``__init__`` keeps settings, ``setup`` builds the model thro
 ``lit_qsum.backends.loader`` (which alone knows peft, bitsandbytes and unsloth), then the steps,
 generation, optimizers and checkpointing.
 
-The training step's machinery (micro-batches, OOM recovery, NaN/Inf skips, DDP/FSDP agreement) lives in
-``lit_qsum.steps``; this class supplies the loss and orchestrates.
+The training step's machinery (micro-batches, OOM recovery, NaN/Inf skips, DDP/FSDP agreement) is a
+``StepEngine`` (``lit_qsum.steps``) the module owns; the module supplies the loss and orchestrates. What a
+checkpoint holds besides the weights is added and read back in ``on_save_checkpoint``/``on_load_checkpoint``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from lit_qsum.metrics.tokenizers import check_tokenizer
 from lit_qsum.fastpath import apply_speedups, cuda_graphs, restore_speedups
 from lit_qsum.fastpath.optimizer import prefer_fused_adam
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings, SpeedSettings
-from lit_qsum.steps import ManualSteps
+from lit_qsum.steps import StepEngine, token_shares
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
 
@@ -63,7 +64,7 @@ def decode_summaries(tokenizer: Any, token_ids: torch.Tensor | list[list[int]]) 
     return [" ".join(t.split()) for t in texts]
 
 
-class SummarizationModule(ManualSteps, L.LightningModule):
+class SummarizationModule(L.LightningModule):
     """Fine-tunes a seq2seq or decoder-only summarizer with LoRA adapters on a (4-bit) frozen base."""
 
     def __init__(
@@ -146,7 +147,9 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.lr_decay = lr_decay
         self.num_logged_examples = num_logged_examples
-        self._init_steps(accumulate_grad_batches, gradient_clip_val, max_consecutive_nonfinite)
+        # manual optimization: a training step may split its batch after an OOM (see StepEngine)
+        self.automatic_optimization = False
+        self.engine = StepEngine(self, accumulate_grad_batches, gradient_clip_val, max_consecutive_nonfinite)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.val_rouge = SummaryRouge(tokenizer=rouge_tokenizer, multi_ref=rouge_multi_ref)
         self.test_rouge = SummaryRouge(tokenizer=rouge_tokenizer, multi_ref=rouge_multi_ref)
@@ -157,7 +160,6 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.val_examples: list[tuple[str, str, str]] = []
         self.checkpoint_step: int | None = None  # the optimizer step of the checkpoint loaded, if any
         self._threads_before: int | None = None
-        self._resumed_open_step: dict[str, Any] | None = None  # see on_load_checkpoint
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
 
@@ -235,6 +237,16 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         """seq2seq or causal (available after ``setup``)."""
         return self.loaded.task
 
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP (``QLoraFSDPStrategy``): forward and backward all-gather the frozen base across ranks."""
+        return self.engine.sharded
+
+    @property
+    def step_graphs(self) -> cuda_graphs.StepGraphs | None:
+        """The CUDA graphs running training steps, where they can (set at train start)."""
+        return self.engine.graphs
+
     # ---- steps ----------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -242,8 +254,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        losses = self._backward_batch(batch)
-        self._maybe_optimizer_step()
+        losses = self.engine.train_step(batch)
         if not losses:
             return None
         loss = torch.stack(losses).mean()
@@ -258,6 +269,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             datamodule.mark_consumed(len(batch["index"]))
 
     @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.engine.clip_gradients(optimizer)
+
+    @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "val", self.val_rouge)
 
@@ -270,11 +285,11 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             self._padding_step(batch)
             return
         size = len(batch["index"])
-        pieces = self._eval_with_oom_retry(batch, lambda chunk: (self._loss(chunk), self.generate(chunk)))
+        pieces = self.engine.eval_with_oom_retry(batch, lambda chunk: (self._loss(chunk), self.generate(chunk)))
         if len(pieces) == 1:
             loss = pieces[0][1][0]
         else:  # weighted by label tokens, the chunks' mean losses give the whole batch's
-            shares = self._token_shares(batch, [chunk for chunk, _ in pieces])
+            shares = token_shares(batch, [chunk for chunk, _ in pieces], self.task)
             loss = sum(share * chunk_loss for share, (_, (chunk_loss, _)) in zip(shares, pieces))
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=size, prog_bar=prefix == "val")
         predictions = [text for _, (_, texts) in pieces for text in texts]
@@ -307,7 +322,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         if batch.get("is_padding"):
             self._padding_step(batch)
             return {"index": [], "fname": [], "summary": []}
-        summaries = [text for _, texts in self._eval_with_oom_retry(batch, self.generate) for text in texts]
+        summaries = [text for _, texts in self.engine.eval_with_oom_retry(batch, self.generate) for text in texts]
         return {"index": batch["index"].tolist(), "fname": list(batch["fname"]), "summary": summaries}
 
     def _padding_step(self, batch: dict[str, Any]) -> None:
@@ -353,8 +368,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     # ---- optimization ---------------------------------------------------------------------------
     @override
     def configure_optimizers(self) -> Any:
-        self._trainable_params = None  # a strategy may have wrapped the model since (FSDP's parameter views)
-        params = self._trainable()
+        self.engine.reset_trainable()  # a strategy may have wrapped the model since (FSDP's parameter views)
+        params = self.engine.trainable()
         if not params:
             raise UserInputError("no trainable parameters: check --model.lora.target_modules and --model.backend")
         try:
@@ -382,29 +397,34 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             return estimate  # bounded by max_steps alone
         loader = trainer.train_dataloader
         batch_size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
-        chunks = math.ceil(batch_size / self.micro_batch_limit) if batch_size and self.micro_batch_limit else 1
-        per_epoch = math.ceil(trainer.num_training_batches * chunks / self.accumulate_grad_batches)
+        micro_batch = self.engine.micro_batch
+        size = micro_batch.micro_batch_size
+        chunks = math.ceil(batch_size / size) if batch_size and size else 1
+        per_epoch = math.ceil(trainer.num_training_batches * chunks / micro_batch.accumulate_grad_batches)
         steps = per_epoch * max(trainer.max_epochs, 1)
         return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
     @override
     def on_train_start(self) -> None:
-        # DDP, and FSDP for the adapter it leaves whole: gradients are averaged once per optimizer step, not in
-        # backward (see lit_qsum.distributed.grad_sync)
-        self._syncs_per_step = grad_sync.syncs_per_step(self.trainer.strategy.model) or self.sharded
-        self._setup_step_speed()
+        self.engine.setup_train(
+            loss=self._loss,
+            task=self.task,
+            # DDP, and FSDP for the adapter it leaves whole: gradients are averaged once per optimizer step, not in
+            # backward (see lit_qsum.distributed.grad_sync)
+            syncs_per_step=grad_sync.syncs_per_step(self.trainer.strategy.model) or self.sharded,
+            graphs=self._setup_step_speed(),
+        )
         self._setup_lr_schedule()
-        self._apply_open_step()
         rank_zero_info(self._run_summary())
 
-    def _setup_step_speed(self) -> None:
-        """The fast path's per-step pieces, now that the strategy, precision and any restored optimizer state are final."""
+    def _setup_step_speed(self) -> cuda_graphs.StepGraphs | None:
+        """The fast path's per-step pieces, now that the strategy, precision and any restored optimizer state are
+        final; returns the CUDA graphs that run the steps, where they can."""
         if self.speed.fused_optimizer:
             for optimizer in self.trainer.optimizers:  # again after a resume: load_state_dict restored the saved flags
                 prefer_fused_adam(optimizer)
-        self.step_graphs = None
         if not self.speed.cuda_graphs or self.loaded.decision.backend not in ("qlora", "lora"):
-            return
+            return None
         why_not = cuda_graphs.unsupported_reason(
             device=self.device, precision=str(self.trainer.precision), sharded=self.sharded,
             checkpointing=self.spec.gradient_checkpointing,
@@ -412,9 +432,9 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         if why_not is not None:
             if self.device.type == "cuda":
                 rank_zero_info(f"fast path: CUDA graphs off: {why_not}")
-            return
-        self.step_graphs = cuda_graphs.StepGraphs(
-            self._loss, self._trainable(), warm_each_shape=self.speed.compile, log=rank_zero_info
+            return None
+        return cuda_graphs.StepGraphs(
+            self._loss, self.engine.trainable(), warm_each_shape=self.speed.compile, log=rank_zero_info
         )
 
     def _setup_lr_schedule(self) -> None:
@@ -425,9 +445,9 @@ class SummarizationModule(ManualSteps, L.LightningModule):
 
     @override
     def on_train_end(self) -> None:
-        if self.step_graphs is not None:
-            rank_zero_info(self.step_graphs.summary())
-            self.step_graphs = None  # their memory pool goes back for whatever runs next in this process
+        if self.engine.graphs is not None:
+            rank_zero_info(self.engine.graphs.summary())
+            self.engine.graphs = None  # their memory pool goes back for whatever runs next in this process
 
     def _run_summary(self) -> str:
         """One line at the start of training: the effective batch, the length of the run, where outputs go."""
@@ -435,8 +455,9 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         parts = []
         batch = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
         if batch:
-            per_step = batch * self.accumulate_grad_batches * trainer.world_size
-            parts.append(f"batch {batch} x {self.accumulate_grad_batches} accumulated x {trainer.world_size} "
+            accumulate = self.engine.micro_batch.accumulate_grad_batches
+            per_step = batch * accumulate * trainer.world_size
+            parts.append(f"batch {batch} x {accumulate} accumulated x {trainer.world_size} "
                          f"device(s) = {per_step} samples per optimizer step")
         steps = self._estimated_optimizer_steps()
         if math.isfinite(steps):
@@ -451,7 +472,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     @override
     def teardown(self, stage: str) -> None:
         restore_speedups()
-        self.step_graphs = None  # also when fit ended in an exception: the graphs' memory pool goes back
+        self.engine.graphs = None  # also when fit ended in an exception: the graphs' memory pool goes back
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
@@ -478,13 +499,14 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             "task": self.loaded.task,
             "model_type": self.loaded.model_type,
             # scaled by OOM recovery: a resumed run keeps the sizes that fit
-            "accumulate_grad_batches": self.accumulate_grad_batches,
-            "micro_batch_limit": self.micro_batch_limit,
-            "nonfinite_total": self.nonfinite_total,
+            "accumulate_grad_batches": self.engine.micro_batch.accumulate_grad_batches,
+            "micro_batch_limit": self.engine.micro_batch.micro_batch_size,
+            "nonfinite_total": self.engine.nonfinite.total,
             "rng_per_rank": self._per_rank(rng_state.capture(device)),  # same dropout masks after a resume
         }
-        if self.micro_batches_done:  # the same on every rank (counted in a shared unit), so all gather together
-            checkpoint["lit_qsum"]["open_step_per_rank"] = self._per_rank(self._open_step())
+        open_step = self.engine.open_step()
+        if open_step is not None:  # the same on every rank (counted in a shared unit), so all gather together
+            checkpoint["lit_qsum"]["open_step_per_rank"] = self._per_rank(open_step)
         peft_model = self.loaded.model  # unwrapped even where a strategy sharded self.model
         peft_config = getattr(peft_model, "peft_config", None)
         if peft_config:
@@ -511,26 +533,6 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         """This rank's entry of a per-rank list; rank 0's when the checkpoint came from another number of ranks."""
         return self.global_rank if len(per_rank) == self.trainer.world_size else 0
 
-    def _open_step(self) -> dict[str, Any]:
-        """The optimizer step in progress: micro-batches done and their summed gradients, so a checkpoint saved
-        mid-accumulation (validation or fit's end between steps) resumes with them instead of dropping them."""
-        nonfinite = self.nonfinite_in_step
-        return {
-            "micro_batches_done": self.micro_batches_done,
-            "nonfinite": 0 if nonfinite is None else int(nonfinite),
-            "grads": [None if p.grad is None else p.grad.detach().cpu().clone() for p in self._trainable()],
-        }
-
-    def _apply_open_step(self) -> None:
-        pending, self._resumed_open_step = self._resumed_open_step, None
-        if pending is None:
-            return
-        for param, grad in zip(self._trainable(), pending["grads"]):
-            param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype)
-        self.micro_batches_done = pending["micro_batches_done"]
-        if pending["nonfinite"]:
-            self.nonfinite_in_step = torch.tensor(pending["nonfinite"], dtype=torch.int32, device=self.device)
-
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # validate/test/predict restore no loop state, so trainer.global_step stays 0 there: keep the checkpoint's
@@ -544,9 +546,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
                 f"(e.g. {sorted(missing)[0]}); was it trained with another --model.lora or --model.backend?"
             )
         state = checkpoint.get("lit_qsum", {})
-        self.accumulate_grad_batches = state.get("accumulate_grad_batches", self.accumulate_grad_batches)
-        self.micro_batch_limit = state.get("micro_batch_limit", self.micro_batch_limit)
-        self.nonfinite_total = state.get("nonfinite_total", 0)
+        micro_batch = self.engine.micro_batch
+        micro_batch.accumulate_grad_batches = state.get("accumulate_grad_batches", micro_batch.accumulate_grad_batches)
+        micro_batch.micro_batch_size = state.get("micro_batch_limit", micro_batch.micro_batch_size)
+        self.engine.nonfinite.total = state.get("nonfinite_total", 0)
         if self.trainer.state.fn == "fit":
             rngs = state.get("rng_per_rank") or ([state["rng"]] if "rng" in state else [])
             if rngs:
@@ -556,7 +559,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
                 rank_zero_warn(f"the checkpoint was saved mid-accumulation on {len(open_steps)} device(s), resumed "
                                f"on {self.trainer.world_size}: that optimizer step's gradients so far are dropped")
             elif open_steps:
-                self._resumed_open_step = open_steps[self.global_rank]  # applied at train start, after zero_grad
+                self.engine.resume_open_step(open_steps[self.global_rank])  # applied at train start, after zero_grad
         saved = state.get("backend")
         if saved and saved != self.loaded.decision.backend:
             rank_zero_warn(f"checkpoint was trained with backend {saved}, now running {self.loaded.decision.backend}")
