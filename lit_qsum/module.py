@@ -6,7 +6,7 @@ generation, optimizers and checkpointing.
 
 The training step's machinery (micro-batches, OOM recovery, NaN/Inf skips, DDP/FSDP agreement) is a
 ``StepEngine`` (``lit_qsum.steps``) the module owns; the module supplies the loss and orchestrates. What a
-checkpoint holds besides the weights is added and read back in ``on_save_checkpoint``/``on_load_checkpoint``.
+checkpoint holds besides the weights is in ``lit_qsum.checkpoint_contents``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_qsum.backends.choice import BackendRequest
 from lit_qsum.backends.hf import load_config, task_of
 from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
-from lit_qsum import rng_state
+from lit_qsum import checkpoint_contents
 from lit_qsum.cpu_threads import set_cpu_threads
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.lr_schedule import LRDecay, WarmupDecayLR
@@ -491,75 +491,12 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.model is None:
-            return
-        device = self.trainer.strategy.root_device
-        checkpoint["lit_qsum"] = {
-            "backend": self.loaded.decision.backend,
-            "task": self.loaded.task,
-            "model_type": self.loaded.model_type,
-            # scaled by OOM recovery: a resumed run keeps the sizes that fit
-            "accumulate_grad_batches": self.engine.micro_batch.accumulate_grad_batches,
-            "micro_batch_limit": self.engine.micro_batch.micro_batch_size,
-            "nonfinite_total": self.engine.nonfinite.total,
-            "rng_per_rank": self._per_rank(rng_state.capture(device)),  # same dropout masks after a resume
-        }
-        open_step = self.engine.open_step()
-        if open_step is not None:  # the same on every rank (counted in a shared unit), so all gather together
-            checkpoint["lit_qsum"]["open_step_per_rank"] = self._per_rank(open_step)
-        peft_model = self.loaded.model  # unwrapped even where a strategy sharded self.model
-        peft_config = getattr(peft_model, "peft_config", None)
-        if peft_config:
-            from peft import get_peft_model_state_dict  # noqa: PLC0415
-
-            # the weights already in the checkpoint, by the unwrapped model's names (also under FSDP)
-            weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-            adapter = get_peft_model_state_dict(peft_model, state_dict=weights)
-            checkpoint["peft_adapter"] = {
-                "config": peft_config["default"],
-                "state_dict": {k: v.detach().cpu().contiguous() for k, v in adapter.items()},
-            }
-
-    def _per_rank(self, value: Any) -> list[Any]:
-        """``value`` of every rank in rank order (one all-gather; ``[value]`` in one process). All ranks must call it."""
-        world_size = self.trainer.world_size
-        if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * world_size
-            torch.distributed.all_gather_object(gathered, value)
-            return gathered
-        return [value]
-
-    def _rank_in(self, per_rank: list[Any]) -> int:
-        """This rank's entry of a per-rank list; rank 0's when the checkpoint came from another number of ranks."""
-        return self.global_rank if len(per_rank) == self.trainer.world_size else 0
+        if self.model is not None:
+            checkpoint_contents.save_training_state(self, checkpoint)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # validate/test/predict restore no loop state, so trainer.global_step stays 0 there: keep the checkpoint's
         self.checkpoint_step = checkpoint.get("global_step")
-        if self.model is None:
-            return
-        missing = {f"model.{n}" for n in fsdp.trainable_state(self.model)} - set(checkpoint.get("state_dict", {}))
-        if missing:
-            raise UserInputError(
-                f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model "
-                f"(e.g. {sorted(missing)[0]}); was it trained with another --model.lora or --model.backend?"
-            )
-        state = checkpoint.get("lit_qsum", {})
-        micro_batch = self.engine.micro_batch
-        micro_batch.accumulate_grad_batches = state.get("accumulate_grad_batches", micro_batch.accumulate_grad_batches)
-        micro_batch.micro_batch_size = state.get("micro_batch_limit", micro_batch.micro_batch_size)
-        self.engine.nonfinite.total = state.get("nonfinite_total", 0)
-        if self.trainer.state.fn == "fit":
-            rngs = state.get("rng_per_rank") or ([state["rng"]] if "rng" in state else [])
-            if rngs:
-                rng_state.restore(rngs[self._rank_in(rngs)], self.trainer.strategy.root_device)
-            open_steps = state.get("open_step_per_rank")
-            if open_steps and len(open_steps) != self.trainer.world_size:
-                rank_zero_warn(f"the checkpoint was saved mid-accumulation on {len(open_steps)} device(s), resumed "
-                               f"on {self.trainer.world_size}: that optimizer step's gradients so far are dropped")
-            elif open_steps:
-                self.engine.resume_open_step(open_steps[self.global_rank])  # applied at train start, after zero_grad
-        saved = state.get("backend")
-        if saved and saved != self.loaded.decision.backend:
-            rank_zero_warn(f"checkpoint was trained with backend {saved}, now running {self.loaded.decision.backend}")
+        if self.model is not None:
+            checkpoint_contents.load_training_state(self, checkpoint)
