@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from typing_extensions import override
 
 from lit_qsum.atomic_io import atomic_file, move_aside, new_temp_dir
+from lit_qsum.checkpoint_contents import ADAPTER_KEY
 from lit_qsum.errors import UserInputError
 
 SAVE_ID = "lit_qsum_save_id"  # top-level key of the .ckpt and metadata key of adapter_model.safetensors
@@ -74,7 +75,7 @@ class AdapterCheckpointIO(TorchCheckpointIO):
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        adapter = checkpoint.pop("peft_adapter", None)
+        adapter = checkpoint.pop(ADAPTER_KEY, None)
         target = Path(path)
         folder = adapter_dir(target)
         new_adapter: Path | None = None

@@ -30,6 +30,7 @@ from lit_qsum.callbacks.prediction_writer import SummaryCsvWriter
 from lit_qsum.callbacks.progress import SummarizationProgressBar
 from lit_qsum.callbacks.run_config_saver import RunConfigSaver
 from lit_qsum.callbacks.run_folder_keeper import RunFolderKeeper
+from lit_qsum.callbacks.tensorboard_summaries import TensorBoardSummaries
 from lit_qsum.checkpoint_io import AdapterCheckpointIO
 from lit_qsum.config_checks import check_settings, read_config_file
 from lit_qsum.data.datamodule import SummarizationDataModule
@@ -257,8 +258,8 @@ class LitQsumCLI(LightningCLI):
             writer.check_checkpoint(self.config_init["predict"].get("ckpt_path"))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        """Add the atomic adapter-writing CheckpointIO and the progress bar, unless the config brings its own; point
-        the Trainer and checkpoints without a ``dirpath`` at the run folder."""
+        """Add the atomic adapter-writing CheckpointIO, the progress bar and TensorBoard summaries, unless the config
+        brings its own; point the Trainer and checkpoints without a ``dirpath`` at the run folder."""
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -267,6 +268,8 @@ class LitQsumCLI(LightningCLI):
         configured = list(config.get("callbacks") or []) + list(callbacks)
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, SummarizationProgressBar()]
+        if not any(isinstance(c, TensorBoardSummaries) for c in configured):
+            callbacks = [*callbacks, TensorBoardSummaries()]
         if self._output_dir is not None:
             config["default_root_dir"] = str(self._output_dir)
         if self.run_folder is not None:

@@ -4,36 +4,36 @@ Read top to bottom: ``__init__`` keeps settings, ``setup`` builds the model thro
 ``lit_qsum.backends.loader`` (which alone knows peft, bitsandbytes and unsloth), then the steps,
 generation, optimizers and checkpointing.
 
-The training step's machinery (micro-batches, OOM recovery, NaN/Inf skips, DDP/FSDP agreement) lives in
-``lit_qsum.steps``; this class supplies the loss and orchestrates.
+The training step's machinery (micro-batches, OOM recovery, NaN/Inf skips, DDP/FSDP agreement) is a
+``StepEngine`` (``lit_qsum.steps``) the module owns; the module supplies the loss and orchestrates. What a
+checkpoint holds besides the weights is in ``lit_qsum.checkpoint_contents``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_qsum.backends.choice import BackendRequest
 from lit_qsum.backends.hf import load_config, task_of
 from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
-from lit_qsum import rng_state
+from lit_qsum import checkpoint_contents
 from lit_qsum.cpu_threads import set_cpu_threads
 from lit_qsum.distributed import fsdp, grad_sync
+from lit_qsum.lr_schedule import LRDecay, WarmupDecayLR
 from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
 from lit_qsum.metrics.tokenizers import check_tokenizer
 from lit_qsum.fastpath import apply_speedups, cuda_graphs, restore_speedups
 from lit_qsum.fastpath.optimizer import prefer_fused_adam
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings, SpeedSettings
-from lit_qsum.steps import ManualSteps
+from lit_qsum.steps import StepEngine, token_shares
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
 
@@ -64,7 +64,7 @@ def decode_summaries(tokenizer: Any, token_ids: torch.Tensor | list[list[int]]) 
     return [" ".join(t.split()) for t in texts]
 
 
-class SummarizationModule(ManualSteps, L.LightningModule):
+class SummarizationModule(L.LightningModule):
     """Fine-tunes a seq2seq or decoder-only summarizer with LoRA adapters on a (4-bit) frozen base."""
 
     def __init__(
@@ -83,7 +83,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         optimizer: OptimizerCallable = _default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
         warmup_ratio: float = 0.05,
-        lr_decay: Literal["linear", "cosine", "constant"] = "linear",
+        lr_decay: LRDecay = "linear",
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = 1.0,
         max_consecutive_nonfinite: int = 5,
@@ -147,17 +147,19 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.lr_decay = lr_decay
         self.num_logged_examples = num_logged_examples
-        self._init_steps(accumulate_grad_batches, gradient_clip_val, max_consecutive_nonfinite)
+        # manual optimization: a training step may split its batch after an OOM (see StepEngine)
+        self.automatic_optimization = False
+        self.engine = StepEngine(self, accumulate_grad_batches, gradient_clip_val, max_consecutive_nonfinite)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.val_rouge = SummaryRouge(tokenizer=rouge_tokenizer, multi_ref=rouge_multi_ref)
         self.test_rouge = SummaryRouge(tokenizer=rouge_tokenizer, multi_ref=rouge_multi_ref)
         self.model: torch.nn.Module | None = None
         self.loaded: LoadedModel | None = None
         self.run_facts: dict[str, Any] = {}
-        self._val_examples: list[tuple[str, str, str]] = []
+        # (dialogue, reference, prediction) of this validation's first examples, for TensorBoardSummaries
+        self.val_examples: list[tuple[str, str, str]] = []
         self.checkpoint_step: int | None = None  # the optimizer step of the checkpoint loaded, if any
         self._threads_before: int | None = None
-        self._resumed_open_step: dict[str, Any] | None = None  # see on_load_checkpoint
         # the checkpoint holds only trainable weights; the frozen base is rebuilt from its source
         self.strict_loading = False
 
@@ -235,6 +237,16 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         """seq2seq or causal (available after ``setup``)."""
         return self.loaded.task
 
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP (``QLoraFSDPStrategy``): forward and backward all-gather the frozen base across ranks."""
+        return self.engine.sharded
+
+    @property
+    def step_graphs(self) -> cuda_graphs.StepGraphs | None:
+        """The CUDA graphs running training steps, where they can (set at train start)."""
+        return self.engine.graphs
+
     # ---- steps ----------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -242,8 +254,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        losses = self._backward_batch(batch)
-        self._maybe_optimizer_step()
+        losses = self.engine.train_step(batch)
         if not losses:
             return None
         loss = torch.stack(losses).mean()
@@ -258,6 +269,10 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             datamodule.mark_consumed(len(batch["index"]))
 
     @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.engine.clip_gradients(optimizer)
+
+    @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "val", self.val_rouge)
 
@@ -270,26 +285,26 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             self._padding_step(batch)
             return
         size = len(batch["index"])
-        pieces = self._eval_with_oom_retry(batch, lambda chunk: (self._loss(chunk), self.generate(chunk)))
+        pieces = self.engine.eval_with_oom_retry(batch, lambda chunk: (self._loss(chunk), self.generate(chunk)))
         if len(pieces) == 1:
             loss = pieces[0][1][0]
         else:  # weighted by label tokens, the chunks' mean losses give the whole batch's
-            shares = self._token_shares(batch, [chunk for chunk, _ in pieces])
+            shares = token_shares(batch, [chunk for chunk, _ in pieces], self.task)
             loss = sum(share * chunk_loss for share, (_, (chunk_loss, _)) in zip(shares, pieces))
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=size, prog_bar=prefix == "val")
         predictions = [text for _, (_, texts) in pieces for text in texts]
         rouge.update(predictions, batch["references"])
-        room = self.num_logged_examples - len(self._val_examples)
+        room = self.num_logged_examples - len(self.val_examples)
         if prefix == "val" and room > 0:  # the first examples of the validation, not the whole first batch
             examples = zip(batch["dialogue"], batch["references"], predictions)
-            self._val_examples += [(dialogue, refs[0], pred) for dialogue, refs, pred in list(examples)[:room]]
+            self.val_examples += [(dialogue, refs[0], pred) for dialogue, refs, pred in list(examples)[:room]]
         if prefix == "val" and batch_idx == 0 and predictions:
             rank_zero_info(f"example summary: {predictions[0]!r} | reference: {batch['references'][0][0]!r}")
 
     @override
     def on_validation_epoch_end(self) -> None:
         self._log_rouge("val", self.val_rouge)
-        self._log_examples()
+        self.val_examples = []  # written by TensorBoardSummaries, whose hook runs before this one
 
     @override
     def on_test_epoch_end(self) -> None:
@@ -302,23 +317,12 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         self.log(f"{prefix}/num_examples", rouge.num_examples.clone().float(), reduce_fx="sum", sync_dist=True)
         rouge.reset()
 
-    def _log_examples(self) -> None:
-        examples, self._val_examples = self._val_examples, []
-        experiment = getattr(self.logger, "experiment", None)
-        if not examples or self.trainer.sanity_checking or not hasattr(experiment, "add_text"):
-            return
-        rows = ["| dialogue | reference | prediction |", "|---|---|---|"]
-        for dialogue, reference, prediction in examples:
-            cells = [c.replace("|", "\\|").replace("\n", "<br>") for c in (dialogue, reference, prediction)]
-            rows.append("| " + " | ".join(cells) + " |")
-        experiment.add_text("val/examples", "\n".join(rows), global_step=self.global_step)
-
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, list]:
         if batch.get("is_padding"):
             self._padding_step(batch)
             return {"index": [], "fname": [], "summary": []}
-        summaries = [text for _, texts in self._eval_with_oom_retry(batch, self.generate) for text in texts]
+        summaries = [text for _, texts in self.engine.eval_with_oom_retry(batch, self.generate) for text in texts]
         return {"index": batch["index"].tolist(), "fname": list(batch["fname"]), "summary": summaries}
 
     def _padding_step(self, batch: dict[str, Any]) -> None:
@@ -364,8 +368,8 @@ class SummarizationModule(ManualSteps, L.LightningModule):
     # ---- optimization ---------------------------------------------------------------------------
     @override
     def configure_optimizers(self) -> Any:
-        self._trainable_params = None  # a strategy may have wrapped the model since (FSDP's parameter views)
-        params = self._trainable()
+        self.engine.reset_trainable()  # a strategy may have wrapped the model since (FSDP's parameter views)
+        params = self.engine.trainable()
         if not params:
             raise UserInputError("no trainable parameters: check --model.lora.target_modules and --model.backend")
         try:
@@ -377,7 +381,7 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(self._estimated_optimizer_steps()))
+            scheduler = WarmupDecayLR(optimizer, self._estimated_optimizer_steps(), self.warmup_ratio, self.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _estimated_optimizer_steps(self) -> float:
@@ -393,35 +397,34 @@ class SummarizationModule(ManualSteps, L.LightningModule):
             return estimate  # bounded by max_steps alone
         loader = trainer.train_dataloader
         batch_size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
-        chunks = math.ceil(batch_size / self.micro_batch_limit) if batch_size and self.micro_batch_limit else 1
-        per_epoch = math.ceil(trainer.num_training_batches * chunks / self.accumulate_grad_batches)
+        micro_batch = self.engine.micro_batch
+        size = micro_batch.micro_batch_size
+        chunks = math.ceil(batch_size / size) if batch_size and size else 1
+        per_epoch = math.ceil(trainer.num_training_batches * chunks / micro_batch.accumulate_grad_batches)
         steps = per_epoch * max(trainer.max_epochs, 1)
         return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
     @override
     def on_train_start(self) -> None:
-        # DDP, and FSDP for the adapter it leaves whole: gradients are averaged once per optimizer step, not in
-        # backward (see lit_qsum.distributed.grad_sync)
-        self._syncs_per_step = grad_sync.syncs_per_step(self.trainer.strategy.model) or self.sharded
-        self._setup_step_speed()
-        # configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
-        # OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run
-        if self.scheduler_factory is None:
-            self._lr_total_steps = self._estimated_optimizer_steps()
-            scheduler = self.lr_schedulers()  # the LR in force came from the old length (same value if unchanged)
-            for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
-                group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
-        self._apply_open_step()
+        self.engine.setup_train(
+            loss=self._loss,
+            task=self.task,
+            # DDP, and FSDP for the adapter it leaves whole: gradients are averaged once per optimizer step, not in
+            # backward (see lit_qsum.distributed.grad_sync)
+            syncs_per_step=grad_sync.syncs_per_step(self.trainer.strategy.model) or self.sharded,
+            graphs=self._setup_step_speed(),
+        )
+        self._setup_lr_schedule()
         rank_zero_info(self._run_summary())
 
-    def _setup_step_speed(self) -> None:
-        """The fast path's per-step pieces, now that the strategy, precision and any restored optimizer state are final."""
+    def _setup_step_speed(self) -> cuda_graphs.StepGraphs | None:
+        """The fast path's per-step pieces, now that the strategy, precision and any restored optimizer state are
+        final; returns the CUDA graphs that run the steps, where they can."""
         if self.speed.fused_optimizer:
             for optimizer in self.trainer.optimizers:  # again after a resume: load_state_dict restored the saved flags
                 prefer_fused_adam(optimizer)
-        self.step_graphs = None
         if not self.speed.cuda_graphs or self.loaded.decision.backend not in ("qlora", "lora"):
-            return
+            return None
         why_not = cuda_graphs.unsupported_reason(
             device=self.device, precision=str(self.trainer.precision), sharded=self.sharded,
             checkpointing=self.spec.gradient_checkpointing, compiled=self.speed.compile,
@@ -429,16 +432,22 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         if why_not is not None:
             if self.device.type == "cuda":
                 rank_zero_info(f"fast path: CUDA graphs off: {why_not}")
-            return
-        self.step_graphs = cuda_graphs.StepGraphs(
-            self._loss, self._trainable(), warm_each_shape=self.speed.compile, log=rank_zero_info
+            return None
+        return cuda_graphs.StepGraphs(
+            self._loss, self.engine.trainable(), warm_each_shape=self.speed.compile, log=rank_zero_info
         )
+
+    def _setup_lr_schedule(self) -> None:
+        """configure_optimizers sized the schedule before callbacks settled the batch size (a batch-size finder, an
+        OOM-scaled resume); measure again now that the loader is final, so the schedule spans the real run."""
+        if self.scheduler_factory is None:  # the built-in WarmupDecayLR; a configured scheduler is left as built
+            self.lr_schedulers().set_total_steps(self._estimated_optimizer_steps())
 
     @override
     def on_train_end(self) -> None:
-        if self.step_graphs is not None:
-            rank_zero_info(self.step_graphs.summary())
-            self.step_graphs = None  # their memory pool goes back for whatever runs next in this process
+        if self.engine.graphs is not None:
+            rank_zero_info(self.engine.graphs.summary())
+            self.engine.graphs = None  # their memory pool goes back for whatever runs next in this process
 
     def _run_summary(self) -> str:
         """One line at the start of training: the effective batch, the length of the run, where outputs go."""
@@ -446,8 +455,9 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         parts = []
         batch = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
         if batch:
-            per_step = batch * self.accumulate_grad_batches * trainer.world_size
-            parts.append(f"batch {batch} x {self.accumulate_grad_batches} accumulated x {trainer.world_size} "
+            accumulate = self.engine.micro_batch.accumulate_grad_batches
+            per_step = batch * accumulate * trainer.world_size
+            parts.append(f"batch {batch} x {accumulate} accumulated x {trainer.world_size} "
                          f"device(s) = {per_step} samples per optimizer step")
         steps = self._estimated_optimizer_steps()
         if math.isfinite(steps):
@@ -460,53 +470,12 @@ class SummarizationModule(ManualSteps, L.LightningModule):
         return "run: " + "; ".join(parts)
 
     @override
-    def on_fit_end(self) -> None:
-        # TensorBoard's HPARAMS tab: this run's settings and decisions beside its final validation scores
-        # (configs set default_hp_metric: false so Lightning writes no placeholder session first)
-        if not isinstance(self.logger, TensorBoardLogger):
-            return
-        final = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        if not final:
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        params = {**dict(self.hparams), **self.run_facts}
-        if datamodule is not None:
-            params.update({f"data.{k}": v for k, v in dict(datamodule.hparams).items()})
-        # the metric values come from the val/* scalars already logged; write only the HPARAMS session (as
-        # Lightning's TensorBoardLogger does internally) instead of log_hyperparams(metrics=...), which would
-        # log every val/* scalar a second time
-        from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
-
-        flat = self.logger._sanitize_params(_flatten_dict(_convert_params(params)))
-        writer = self.logger.experiment._get_file_writer()
-        for summary in hparams(flat, final):
-            writer.add_summary(summary, self.global_step)
-
-    @override
     def teardown(self, stage: str) -> None:
         restore_speedups()
-        self.step_graphs = None  # also when fit ended in an exception: the graphs' memory pool goes back
+        self.engine.graphs = None  # also when fit ended in an exception: the graphs' memory pool goes back
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
-
-    def _lr_lambda(self, total_steps: float):
-        self._lr_total_steps = total_steps
-        decay = self.lr_decay
-
-        def factor(step: int) -> float:
-            total = max(int(self._lr_total_steps) if math.isfinite(self._lr_total_steps) else 10_000, 1)
-            warmup = int(self.warmup_ratio * total)
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if decay == "constant":
-                return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            if decay == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return max(1.0 - progress, 0.0)
-
-        return factor
 
     # ---- checkpointing: adapters and training state only ----------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -522,93 +491,12 @@ class SummarizationModule(ManualSteps, L.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.model is None:
-            return
-        device = self.trainer.strategy.root_device
-        checkpoint["lit_qsum"] = {
-            "backend": self.loaded.decision.backend,
-            "task": self.loaded.task,
-            "model_type": self.loaded.model_type,
-            # scaled by OOM recovery: a resumed run keeps the sizes that fit
-            "accumulate_grad_batches": self.accumulate_grad_batches,
-            "micro_batch_limit": self.micro_batch_limit,
-            "nonfinite_total": self.nonfinite_total,
-            "rng_per_rank": self._per_rank(rng_state.capture(device)),  # same dropout masks after a resume
-        }
-        if self.micro_batches_done:  # the same on every rank (counted in a shared unit), so all gather together
-            checkpoint["lit_qsum"]["open_step_per_rank"] = self._per_rank(self._open_step())
-        peft_model = self.loaded.model  # unwrapped even where a strategy sharded self.model
-        peft_config = getattr(peft_model, "peft_config", None)
-        if peft_config:
-            from peft import get_peft_model_state_dict  # noqa: PLC0415
-
-            # the weights already in the checkpoint, by the unwrapped model's names (also under FSDP)
-            weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-            adapter = get_peft_model_state_dict(peft_model, state_dict=weights)
-            checkpoint["peft_adapter"] = {
-                "config": peft_config["default"],
-                "state_dict": {k: v.detach().cpu().contiguous() for k, v in adapter.items()},
-            }
-
-    def _per_rank(self, value: Any) -> list[Any]:
-        """``value`` of every rank in rank order (one all-gather; ``[value]`` in one process). All ranks must call it."""
-        world_size = self.trainer.world_size
-        if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * world_size
-            torch.distributed.all_gather_object(gathered, value)
-            return gathered
-        return [value]
-
-    def _rank_in(self, per_rank: list[Any]) -> int:
-        """This rank's entry of a per-rank list; rank 0's when the checkpoint came from another number of ranks."""
-        return self.global_rank if len(per_rank) == self.trainer.world_size else 0
-
-    def _open_step(self) -> dict[str, Any]:
-        """The optimizer step in progress: micro-batches done and their summed gradients, so a checkpoint saved
-        mid-accumulation (validation or fit's end between steps) resumes with them instead of dropping them."""
-        nonfinite = self.nonfinite_in_step
-        return {
-            "micro_batches_done": self.micro_batches_done,
-            "nonfinite": 0 if nonfinite is None else int(nonfinite),
-            "grads": [None if p.grad is None else p.grad.detach().cpu().clone() for p in self._trainable()],
-        }
-
-    def _apply_open_step(self) -> None:
-        pending, self._resumed_open_step = self._resumed_open_step, None
-        if pending is None:
-            return
-        for param, grad in zip(self._trainable(), pending["grads"]):
-            param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype)
-        self.micro_batches_done = pending["micro_batches_done"]
-        if pending["nonfinite"]:
-            self.nonfinite_in_step = torch.tensor(pending["nonfinite"], dtype=torch.int32, device=self.device)
+        if self.model is not None:
+            checkpoint_contents.save_training_state(self, checkpoint)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # validate/test/predict restore no loop state, so trainer.global_step stays 0 there: keep the checkpoint's
         self.checkpoint_step = checkpoint.get("global_step")
-        if self.model is None:
-            return
-        missing = {f"model.{n}" for n in fsdp.trainable_state(self.model)} - set(checkpoint.get("state_dict", {}))
-        if missing:
-            raise UserInputError(
-                f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model "
-                f"(e.g. {sorted(missing)[0]}); was it trained with another --model.lora or --model.backend?"
-            )
-        state = checkpoint.get("lit_qsum", {})
-        self.accumulate_grad_batches = state.get("accumulate_grad_batches", self.accumulate_grad_batches)
-        self.micro_batch_limit = state.get("micro_batch_limit", self.micro_batch_limit)
-        self.nonfinite_total = state.get("nonfinite_total", 0)
-        if self.trainer.state.fn == "fit":
-            rngs = state.get("rng_per_rank") or ([state["rng"]] if "rng" in state else [])
-            if rngs:
-                rng_state.restore(rngs[self._rank_in(rngs)], self.trainer.strategy.root_device)
-            open_steps = state.get("open_step_per_rank")
-            if open_steps and len(open_steps) != self.trainer.world_size:
-                rank_zero_warn(f"the checkpoint was saved mid-accumulation on {len(open_steps)} device(s), resumed "
-                               f"on {self.trainer.world_size}: that optimizer step's gradients so far are dropped")
-            elif open_steps:
-                self._resumed_open_step = open_steps[self.global_rank]  # applied at train start, after zero_grad
-        saved = state.get("backend")
-        if saved and saved != self.loaded.decision.backend:
-            rank_zero_warn(f"checkpoint was trained with backend {saved}, now running {self.loaded.decision.backend}")
+        if self.model is not None:
+            checkpoint_contents.load_training_state(self, checkpoint)

@@ -2,7 +2,7 @@
 
 OOM recovery (``OOMBatchSizeScaler``) and what it keeps exact. The module steps its optimizer itself
 every ``accumulate_grad_batches`` micro-batches, where a micro-batch is a loader batch or, once
-``micro_batch_limit`` is set, a chunk of at most that many samples. A loader batch cut into ``k``
+``micro_batch_size`` is set, a chunk of at most that many samples. A loader batch cut into ``k``
 chunks counts as ``k`` micro-batches and weighs ``k / accumulate_grad_batches`` in the step; each
 chunk gets the share of that weight its label tokens have in the batch, so a split batch gives the
 gradient of the unsplit one (the loss is a mean over label tokens). When an OOM halves the
@@ -29,14 +29,17 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.fastpath.cuda_graphs import StepGraphs
+from lit_qsum.micro_batch import MicroBatchState, find_oom_handler
 
 _Result = TypeVar("_Result")
 
@@ -62,45 +65,94 @@ def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
     return chunks
 
 
-class ManualSteps:
-    """The step machinery of ``SummarizationModule`` (a LightningModule with ``automatic_optimization = False``).
+def label_tokens(batch: dict[str, Any], task: str) -> int:
+    """Label tokens the loss averages over (a causal LM never scores the first position)."""
+    labels = batch["labels"][:, 1:] if task == "causal" else batch["labels"]
+    return int((labels != -100).sum())
 
-    The module supplies ``_loss(batch)``, ``task`` and ``model``; the rest comes from ``LightningModule``
-    (``manual_backward``, ``optimizers``, ``trainer``...). ``training_step`` calls ``_backward_batch`` and then
-    ``_maybe_optimizer_step``; evaluation steps run through ``_eval_with_oom_retry``.
+
+def token_shares(batch: dict[str, Any], parts: list[dict[str, Any]], task: str) -> list[float]:
+    """Each part's share of ``batch``'s mean token loss: weighting part losses by it gives the batch loss."""
+    tokens = [label_tokens(part, task) for part in parts]
+    total = sum(tokens)
+    if total == 0:  # no label tokens at all: the loss is NaN anyway, split by samples
+        return [len(part["index"]) / len(batch["index"]) for part in parts]
+    return [t / total for t in tokens]
+
+
+@dataclass
+class NonfiniteCounts:
+    """NaN/Inf losses seen by the step engine.
+
+    Args:
+        in_step: Device-side count of NaN/Inf losses in the open optimizer step (None: none counted yet).
+        in_a_row: Optimizer steps skipped in a row for a NaN/Inf loss.
+        total: Optimizer steps skipped for a NaN/Inf loss in the whole run.
+
     """
 
-    def _init_steps(self, accumulate_grad_batches: int, gradient_clip_val: float | None,
-                    max_consecutive_nonfinite: int) -> None:
-        self.accumulate_grad_batches = accumulate_grad_batches
+    in_step: torch.Tensor | None = None
+    in_a_row: int = 0
+    total: int = 0
+
+
+class StepEngine:
+    """Runs the training steps of a LightningModule with ``automatic_optimization = False``.
+
+    ``train_step`` runs one loader batch forward and backward in micro-batches and steps the optimizer every
+    ``accumulate_grad_batches`` of them; ``eval_with_oom_retry`` runs an evaluation batch. The owning module
+    calls ``setup_train`` at train start and ``clip_gradients`` from its ``on_before_optimizer_step`` hook. The
+    engine drives the module through the LightningModule API (``manual_backward``, ``optimizers``,
+    ``lr_schedulers``, ``clip_gradients``, ``log``, ``trainer``) and its ``model``.
+
+    Args:
+        module: The LightningModule that owns this engine.
+        accumulate_grad_batches: Micro-batches per optimizer step.
+        gradient_clip_val: Clip the gradient norm to this (None = no clipping).
+        max_consecutive_nonfinite: Stop after this many optimizer steps in a row skipped for a NaN/Inf loss.
+
+    """
+
+    def __init__(
+        self,
+        module: L.LightningModule,
+        accumulate_grad_batches: int,
+        gradient_clip_val: float | None,
+        max_consecutive_nonfinite: int,
+    ) -> None:
+        self.module = module
         self.gradient_clip_val = gradient_clip_val
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
-        # manual optimization: a training step may split its batch after an OOM (see _backward_chunks)
-        self.automatic_optimization = False
-        self.micro_batch_limit: int | None = None  # set by OOM recovery: the largest chunk that fits
-        self.eval_micro_batch_limit: int | None = None  # the same for validation/test/predict batches
-        self.micro_batches_done = 0  # since the last optimizer step
-        # DDP: the micro-batch this rank fell back to after an OOM, adopted by every rank at the next optimizer step
-        self.pending_micro_batch_limit: int | None = None
-        self.nonfinite_in_step: torch.Tensor | None = None  # device-side count of NaN/Inf losses in the open step
-        self.nonfinite_in_a_row = 0  # optimizer steps skipped in a row for a NaN/Inf loss
-        self.nonfinite_total = 0
+        self.micro_batch = MicroBatchState(accumulate_grad_batches=accumulate_grad_batches)
+        self.nonfinite = NonfiniteCounts()
+        self.graphs: StepGraphs | None = None  # set at train start where CUDA graphs can run the step
+        self._loss: Callable[[dict[str, Any]], torch.Tensor] | None = None
+        self._task = "seq2seq"
+        self._syncs_per_step = False  # set at train start: under DDP the engine averages gradients itself
         self._trainable_params: list[torch.nn.Parameter] | None = None
-        self._syncs_per_step = False  # set at train start: under DDP the module averages gradients itself
-        self.step_graphs: StepGraphs | None = None  # set at train start where CUDA graphs can run the step
+        self._resumed_open_step: dict[str, Any] | None = None
 
-    def _label_tokens(self, batch: dict[str, Any]) -> int:
-        """Label tokens the loss averages over (a causal LM never scores the first position)."""
-        labels = batch["labels"][:, 1:] if self.task == "causal" else batch["labels"]
-        return int((labels != -100).sum())
+    def setup_train(
+        self,
+        loss: Callable[[dict[str, Any]], torch.Tensor],
+        task: str,
+        syncs_per_step: bool,
+        graphs: StepGraphs | None,
+    ) -> None:
+        """What training steps need once the strategy and the optimizer state are final (at train start).
 
-    def _token_shares(self, batch: dict[str, Any], parts: list[dict[str, Any]]) -> list[float]:
-        """Each part's share of ``batch``'s mean token loss: weighting part losses by it gives the batch loss."""
-        tokens = [self._label_tokens(part) for part in parts]
-        total = sum(tokens)
-        if total == 0:  # no label tokens at all: the loss is NaN anyway, split by samples
-            return [len(part["index"]) / len(batch["index"]) for part in parts]
-        return [t / total for t in tokens]
+        Args:
+            loss: The mean token loss of a batch.
+            task: ``seq2seq`` or ``causal``: which label tokens the loss averages over.
+            syncs_per_step: True under DDP and FSDP: gradients are averaged here, once per optimizer step.
+            graphs: CUDA graphs that run forward and backward, or None for eager steps.
+
+        """
+        self._loss = loss
+        self._task = task
+        self._syncs_per_step = syncs_per_step
+        self.graphs = graphs
+        self._apply_resumed_open_step()
 
     @property
     def syncs_gradients_per_step(self) -> bool:
@@ -110,24 +162,50 @@ class ManualSteps:
     @property
     def sharded(self) -> bool:
         """True under FSDP (``QLoraFSDPStrategy``): forward and backward all-gather the frozen base across ranks."""
-        return fsdp.is_sharded(self.model)
+        return fsdp.is_sharded(self.module.model)
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The parameters training changes (built once: walking every frozen 4-bit parameter per step is wasted)."""
+        if self._trainable_params is None:
+            self._trainable_params = [p for p in self.module.model.parameters() if p.requires_grad]
+        return self._trainable_params
+
+    def reset_trainable(self) -> None:
+        """Forget the trainable parameters found so far: a strategy may have wrapped the model since."""
+        self._trainable_params = None
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Forward and backward of one loader batch, then the optimizer step if the accumulation is complete.
+
+        Returns:
+            The detached losses of the micro-batches run (empty where this rank could not run any).
+
+        Raises:
+            UserInputError: After ``max_consecutive_nonfinite`` optimizer steps in a row skipped for NaN/Inf losses.
+
+        """
+        losses = self._backward_batch(batch)
+        self._maybe_optimizer_step()
+        return losses
 
     def _backward_batch(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         """One loader batch: its weight in the step is fixed now, from the sizes all ranks share."""
-        chunks = math.ceil(len(batch["index"]) / self.micro_batch_limit) if self.micro_batch_limit else 1
-        losses = self._backward_chunks(batch, chunks / self.accumulate_grad_batches)
+        state = self.micro_batch
+        chunks = math.ceil(len(batch["index"]) / state.micro_batch_size) if state.micro_batch_size else 1
+        losses = self._backward_chunks(batch, chunks / state.accumulate_grad_batches)
         if self.syncs_gradients_per_step:
             # counted in the shared unit, however finely this rank had to split after an OOM, so every rank
             # reaches the optimizer step at the same loader batch
-            self.micro_batches_done += chunks
+            self.micro_batch.micro_batches_done += chunks
         return losses
 
     def _backward_chunks(self, batch: dict[str, Any], weight: float) -> list[torch.Tensor]:
-        """Forward + backward, in chunks of at most ``micro_batch_limit``; an OOM halves the chunk and retries.
+        """Forward + backward, in chunks of at most ``micro_batch_size``; an OOM halves the chunk and retries.
 
         Lightning can't retry a step from a callback (an exception in ``training_step`` leaves the fit
         loop), so the retry lives here: the gradients of the failed chunk are rolled back, an
-        ``OOMBatchSizeScaler`` callback (if present) decides the new sizes, and the same samples are
+        ``OOMHandler`` callback (if present) decides the new sizes, and the same samples are
         run again in smaller chunks. Without that callback an OOM propagates as usual.
 
         ``weight``: what this (part of a) loader batch weighs in the optimizer step; fixed when the
@@ -136,15 +214,16 @@ class ManualSteps:
         step reads the count once and skips the whole step (no host sync per micro-batch).
         """
         size = len(batch["index"])
-        limit = self._chunk_limit()
+        limit = self.micro_batch.chunk_limit()
         if limit == 0:
             return []  # DDP: this rank can't fit even the smallest micro-batch; the step's agreement stops every rank
         if limit is not None and size > limit:
             parts = split_batch(batch, limit)
-            shares = self._token_shares(batch, parts)
+            shares = token_shares(batch, parts, self._task)
             return [loss for part, share in zip(parts, shares) for loss in self._backward_chunks(part, weight * share)]
-        handler = self._oom_handler()
-        graphs = self.step_graphs
+        module = self.module
+        handler = find_oom_handler(self._trainer())
+        graphs = self.graphs
         # a replay can't run out of memory (its memory was taken at capture) and a failed capture changes nothing
         loss = None if graphs is None else graphs.forward_backward(batch, weight, self._local_backward)
         snapshot = self._grad_snapshot() if loss is None and handler is not None and self._has_grads() else None
@@ -153,7 +232,7 @@ class ManualSteps:
                 with contextlib.nullcontext() if graphs is None else graphs.eager_context():
                     loss = self._loss(batch)
                     with self._local_backward():
-                        self.manual_backward(loss * weight)
+                        module.manual_backward(loss * weight)
         except torch.cuda.OutOfMemoryError as err:
             if handler is None:
                 raise
@@ -161,146 +240,165 @@ class ManualSteps:
             self._restore_grads(snapshot)
             if graphs is not None:
                 graphs.reset()  # free the graphs' memory too; the smaller shapes are captured anew
-            handler(self.trainer, self, size, err)
+            handler.handle_train_oom(module.trainer, module, size, err)
         else:
             if not self.syncs_gradients_per_step:
-                self.micro_batches_done += 1
+                self.micro_batch.micro_batches_done += 1
             bad = (~torch.isfinite(loss.detach())).to(torch.int32)
-            self.nonfinite_in_step = bad if self.nonfinite_in_step is None else self.nonfinite_in_step + bad
+            counted = self.nonfinite.in_step
+            self.nonfinite.in_step = bad if counted is None else counted + bad
             return [loss.detach()]
         # after an OOM: retried outside the except block, so the failed attempt's traceback no longer pins its tensors
         return self._backward_chunks(batch, weight)
 
-    def _local_backward(self):
-        return grad_sync.local_backward(self.trainer.strategy.model)
-
-    def _chunk_limit(self) -> int | None:
-        limits = [x for x in (self.micro_batch_limit, self.pending_micro_batch_limit) if x is not None]
-        return min(limits) if limits else None
-
-    def _oom_handler(self):
-        trainer = self._trainer
-        if trainer is None:
+    def _trainer(self) -> L.Trainer | None:
+        try:
+            return self.module.trainer
+        except RuntimeError:  # not attached to a Trainer: no callbacks to recover with
             return None
-        return next((cb.handle_train_oom for cb in trainer.callbacks if hasattr(cb, "handle_train_oom")), None)
+
+    def _local_backward(self):
+        return grad_sync.local_backward(self.module.trainer.strategy.model)
 
     def _has_grads(self) -> bool:
-        return any(p.grad is not None for p in self._trainable())
+        return any(p.grad is not None for p in self.trainable())
 
     def _grad_snapshot(self) -> list[torch.Tensor | None]:
-        return [None if p.grad is None else p.grad.clone() for p in self._trainable()]
+        return [None if p.grad is None else p.grad.clone() for p in self.trainable()]
 
     def _restore_grads(self, snapshot: list[torch.Tensor | None] | None) -> None:
-        for i, p in enumerate(self._trainable()):
+        for i, p in enumerate(self.trainable()):
             p.grad = None if snapshot is None else snapshot[i]
 
-    def _trainable(self) -> list[torch.nn.Parameter]:
-        # built once: walking every (frozen, 4-bit) parameter on each optimizer step is wasted host time
-        if self._trainable_params is None:
-            self._trainable_params = [p for p in self.model.parameters() if p.requires_grad]
-        return self._trainable_params
-
     def _maybe_optimizer_step(self) -> None:
-        last = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if self.micro_batches_done < self.accumulate_grad_batches and not last:
+        module, state = self.module, self.micro_batch
+        last = module.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if state.micro_batches_done < state.accumulate_grad_batches and not last:
             return
-        self.micro_batches_done = 0
+        state.micro_batches_done = 0
         nonfinite, smallest = self._agree_on_step()
-        optimizer = self.optimizers()
+        optimizer = module.optimizers()
         # captured steps add into fixed gradient tensors: zero those in place instead of dropping them
-        set_to_none = self.step_graphs is None or not self.step_graphs.keeps_grads
+        set_to_none = self.graphs is None or not self.graphs.keeps_grads
         if nonfinite:
             optimizer.zero_grad(set_to_none=set_to_none)
             self._on_nonfinite_step(nonfinite)
         elif self.syncs_gradients_per_step or self.sharded or self._has_grads():
-            self.nonfinite_in_a_row = 0
+            self.nonfinite.in_a_row = 0
             if self.syncs_gradients_per_step:
-                grad_sync.all_reduce_grads(self._trainable())
+                grad_sync.all_reduce_grads(self.trainable())
             optimizer.step()  # clips in on_before_optimizer_step, once 16-mixed's scaler has unscaled the gradients
             optimizer.zero_grad(set_to_none=set_to_none)
-            scheduler = self.lr_schedulers()
+            scheduler = module.lr_schedulers()
             if scheduler is not None:
                 scheduler.step()
         if smallest is not None:
-            self._adopt_micro_batch(smallest)
+            handler = find_oom_handler(module.trainer)
+            if handler is not None:
+                handler.adopt_micro_batch(module.trainer, module, smallest)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip by norm here, inside ``optimizer.step()``: Lightning's precision plugin calls this hook after a 16-mixed
-        GradScaler has unscaled the gradients. Clipping before ``step()``, as Lightning's manual-optimization docs
-        show, clips the loss-scaled gradients (Lightning issue #18089), which shrinks every step by the scale."""
+    def clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip by norm; call it from ``on_before_optimizer_step``, inside ``optimizer.step()``.
+
+        Lightning's precision plugin calls that hook after a 16-mixed GradScaler has unscaled the gradients.
+        Clipping before ``step()``, as Lightning's manual-optimization docs show, clips the loss-scaled gradients
+        (Lightning issue #18089), which shrinks every step by the scale.
+        """
         if not self.gradient_clip_val:
             return
         if self.sharded:
             # whole, identical gradients on every rank, which Lightning's FSDP precision plugin won't clip by norm
-            torch.nn.utils.clip_grad_norm_(self._trainable(), self.gradient_clip_val)
+            torch.nn.utils.clip_grad_norm_(self.trainable(), self.gradient_clip_val)
         else:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+            self.module.clip_gradients(
+                optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
+            )
 
     def _agree_on_step(self) -> tuple[int, int | None]:
         """(NaN/Inf losses in the step, max over ranks; the smallest micro-batch a rank fell back to, if any).
 
         One small all-reduce under DDP/FSDP and one host read everywhere, once per optimizer step.
         """
-        counted = self.nonfinite_in_step if self.nonfinite_in_step is not None else 0
-        self.nonfinite_in_step = None
-        pending = self.pending_micro_batch_limit
-        self.pending_micro_batch_limit = None
-        # the max of minus the limits is minus the smallest limit; -inf where a rank had no OOM
-        nonfinite, neg_limit = grad_sync.agree(
-            [counted, -math.inf if pending is None else -pending], self.trainer.strategy.root_device
+        counted = self.nonfinite.in_step if self.nonfinite.in_step is not None else 0
+        self.nonfinite.in_step = None
+        pending = self.micro_batch.pending_micro_batch_size
+        self.micro_batch.pending_micro_batch_size = None
+        # the max of minus the sizes is minus the smallest size; -inf where a rank had no OOM
+        nonfinite, neg_size = grad_sync.agree(
+            [counted, -math.inf if pending is None else -pending], self.module.trainer.strategy.root_device
         )
-        return int(nonfinite), (None if math.isinf(neg_limit) else int(-neg_limit))
-
-    def _adopt_micro_batch(self, size: int) -> None:
-        adopt = next((cb.adopt_micro_batch for cb in self.trainer.callbacks if hasattr(cb, "adopt_micro_batch")), None)
-        if adopt is not None:
-            adopt(self.trainer, self, size)
+        return int(nonfinite), (None if math.isinf(neg_size) else int(-neg_size))
 
     def _on_nonfinite_step(self, count: int) -> None:
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_total += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_total), on_step=True, on_epoch=False)
-        where = " on at least one rank" if self.trainer.world_size > 1 else ""
+        module, counts = self.module, self.nonfinite
+        counts.in_a_row += 1
+        counts.total += 1
+        module.log("train/nonfinite_steps", float(counts.total), on_step=True, on_epoch=False)
+        where = " on at least one rank" if module.trainer.world_size > 1 else ""
         rank_zero_warn(
-            f"step {self.global_step}: {count} micro-batch loss(es) were NaN/Inf{where}; this optimizer step is skipped"
+            f"step {module.global_step}: {count} micro-batch loss(es) were NaN/Inf{where}; "
+            "this optimizer step is skipped"
         )
-        if self.nonfinite_in_a_row >= self.max_consecutive_nonfinite:
+        if counts.in_a_row >= self.max_consecutive_nonfinite:
             raise UserInputError(
-                f"{self.nonfinite_in_a_row} optimizer steps in a row had non-finite losses (NaN/Inf), stopping. Usual "
+                f"{counts.in_a_row} optimizer steps in a row had non-finite losses (NaN/Inf), stopping. Usual "
                 "causes: --trainer.precision 16-mixed with a T5-family model (use bf16-mixed or 32-true), a learning "
                 "rate too high for this model (lower --model.optimizer.init_args.lr), or no --model.gradient_clip_val."
             )
 
-    def _eval_with_oom_retry(
+    # ---- the open step, for checkpoints -----------------------------------------------------------------------------
+    def open_step(self) -> dict[str, Any] | None:
+        """The optimizer step in progress, or None between steps: micro-batches done and their summed gradients, so a
+        checkpoint saved mid-accumulation (validation or fit's end between steps) resumes with them."""
+        if not self.micro_batch.micro_batches_done:
+            return None
+        nonfinite = self.nonfinite.in_step
+        return {
+            "micro_batches_done": self.micro_batch.micro_batches_done,
+            "nonfinite": 0 if nonfinite is None else int(nonfinite),
+            "grads": [None if p.grad is None else p.grad.detach().cpu().clone() for p in self.trainable()],
+        }
+
+    def resume_open_step(self, saved: dict[str, Any]) -> None:
+        """Continue the step ``open_step`` saved; applied at train start, after Lightning has zeroed the gradients."""
+        self._resumed_open_step = saved
+
+    def _apply_resumed_open_step(self) -> None:
+        saved, self._resumed_open_step = self._resumed_open_step, None
+        if saved is None:
+            return
+        for param, grad in zip(self.trainable(), saved["grads"]):
+            param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype)
+        self.micro_batch.micro_batches_done = saved["micro_batches_done"]
+        if saved["nonfinite"]:
+            self.nonfinite.in_step = torch.tensor(saved["nonfinite"], dtype=torch.int32, device=self.module.device)
+
+    # ---- evaluation -------------------------------------------------------------------------------------------------
+    def eval_with_oom_retry(
         self, batch: dict[str, Any], run: Callable[[dict[str, Any]], _Result]
     ) -> list[tuple[dict[str, Any], _Result]]:
         """``run(batch)``; on a CUDA OOM, run it over the batch's halves instead (recursively), in batch order.
 
         Evaluation has no gradients to keep consistent, so only the evaluation batch shrinks: an
-        ``OOMBatchSizeScaler`` callback (``handle_eval_oom``) frees memory, stops at one sample and
+        ``OOMHandler`` callback (``handle_eval_oom``) frees memory, stops at one sample and
         halves the data module's ``eval_batch_size`` for loaders built later; the loader running now
         keeps its size, so its later batches are cut to the size that fit here without a failed try.
         Without such a callback an OOM propagates as usual.
         """
         size = len(batch["index"])
-        limit = self.eval_micro_batch_limit
+        limit = self.micro_batch.eval_micro_batch_size
         if limit is not None and size > limit:
-            return [piece for part in split_batch(batch, limit) for piece in self._eval_with_oom_retry(part, run)]
-        handler = self._eval_oom_handler()
+            return [piece for part in split_batch(batch, limit) for piece in self.eval_with_oom_retry(part, run)]
+        handler = find_oom_handler(self._trainer())
         try:
             return [(batch, run(batch))]
         except torch.cuda.OutOfMemoryError as err:
             if handler is None:
                 raise
-            handler(self.trainer, self, size, err)  # frees memory; raises when even one sample does not fit
+            # frees memory; raises when even one sample does not fit
+            handler.handle_eval_oom(self.module.trainer, self.module, size, err)
             if size == 1:
                 raise
         # retried outside the except block, so the failed attempt's traceback no longer pins its tensors
-        self.eval_micro_batch_limit = size // 2
-        return self._eval_with_oom_retry(batch, run)
-
-    def _eval_oom_handler(self):
-        trainer = self._trainer
-        if trainer is None:
-            return None
-        return next((cb.handle_eval_oom for cb in trainer.callbacks if hasattr(cb, "handle_eval_oom")), None)
+        self.micro_batch.eval_micro_batch_size = size // 2
+        return self.eval_with_oom_retry(batch, run)

@@ -14,8 +14,8 @@ def test_validation_logs_num_logged_examples_not_a_whole_batch(monkeypatch: pyte
     batch = {"index": torch.arange(size), "dialogue": [f"dialogue {i}" for i in range(size)],
              "references": [[f"reference {i}"] for i in range(size)]}
     predictions = [f"prediction {i}" for i in range(size)]
-    monkeypatch.setattr(module, "_eval_with_oom_retry", lambda chunk, fn: [(chunk, (torch.tensor(1.0), predictions))])
+    monkeypatch.setattr(module.engine, "eval_with_oom_retry", lambda chunk, fn: [(chunk, (torch.tensor(1.0), predictions))])
     monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
     module._eval_step(batch, 0, "val", module.val_rouge)
     module._eval_step(batch, 1, "val", module.val_rouge)
-    assert module._val_examples == [(f"dialogue {i}", f"reference {i}", f"prediction {i}") for i in range(4)]
+    assert module.val_examples == [(f"dialogue {i}", f"reference {i}", f"prediction {i}") for i in range(4)]

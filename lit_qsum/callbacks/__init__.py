@@ -5,6 +5,7 @@ from lit_qsum.callbacks.cuda_memory_monitor import CudaMemoryMonitor
 from lit_qsum.callbacks.empty_cuda_cache import EmptyCudaCache
 from lit_qsum.callbacks.last_checkpoint import LastCheckpoint
 from lit_qsum.callbacks.oom_batch_size_scaler import OOMBatchSizeScaler
+from lit_qsum.callbacks.tensorboard_summaries import TensorBoardSummaries
 from lit_qsum.callbacks.throughput import SummarizationThroughput
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "LongestBatchSizeFinder",
     "OOMBatchSizeScaler",
     "SummarizationThroughput",
+    "TensorBoardSummaries",
 ]

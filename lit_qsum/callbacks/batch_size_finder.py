@@ -1,5 +1,6 @@
 """Find the largest training batch that fits, measured on the longest samples, before fit starts; then back off."""
 
+import dataclasses
 import math
 from copy import deepcopy
 from typing import Any
@@ -19,17 +20,8 @@ from lightning.pytorch.utilities.memory import garbage_collection_cuda, is_oom_e
 from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_setattr
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lit_qsum.errors import UserInputError
+from lit_qsum.micro_batch import micro_batch_state
 
-# what trial steps change on the module besides its weights (see SummarizationModule)
-_MODULE_COUNTERS = (
-    "accumulate_grad_batches",
-    "micro_batch_limit",
-    "micro_batches_done",
-    "pending_micro_batch_limit",
-    "nonfinite_in_step",
-    "nonfinite_in_a_row",
-    "nonfinite_total",
-)
 
 
 class LongestBatchSizeFinder(BatchSizeFinder):
@@ -50,9 +42,9 @@ class LongestBatchSizeFinder(BatchSizeFinder):
     - its margin applies to ``binsearch`` only; here ``floor(found * (1 - margin))`` (at least 1) applies to both.
 
     Trials run with the callbacks and loggers off, without validation and without OOM recovery (the module's
-    ``micro_batch_limit`` is cleared, so a trial measures whole batches); ``steps_per_trial`` counts optimizer steps
+    micro-batch size is cleared, so a trial measures whole batches); ``steps_per_trial`` counts optimizer steps
     of one batch each (accumulation is 1 during trials). The size found replaces any OOM-scaled sizes a resumed
-    checkpoint brought: ``micro_batch_limit`` is cleared and ``accumulate_grad_batches`` is the configured one. Fit
+    checkpoint brought: the micro-batch size is cleared and ``accumulate_grad_batches`` is the configured one. Fit
     only, single process (Lightning's finder refuses distributed strategies). The effective batch is then
     ``batch_size x --model.accumulate_grad_batches``. Lightning runs tuner callbacks before all others, so this one
     acts before ``OOMBatchSizeScaler`` re-applies resumed sizes (it then finds none).
@@ -131,9 +123,10 @@ class LongestBatchSizeFinder(BatchSizeFinder):
             trial_mode.leave()
             snapshot.restore_rng()  # rebuilding the loaders drew from it
         self.optimal_batch_size = final
-        if getattr(pl_module, "micro_batch_limit", None) is not None:
-            pl_module.micro_batch_limit = None  # the new size was measured to fit whole; drop OOM-scaled sizes
-            pl_module.accumulate_grad_batches = pl_module.hparams.get("accumulate_grad_batches", 1)
+        state = micro_batch_state(pl_module)
+        if state is not None and state.micro_batch_size is not None:
+            state.micro_batch_size = None  # the new size was measured to fit whole; drop OOM-scaled sizes
+            state.accumulate_grad_batches = pl_module.hparams.get("accumulate_grad_batches", 1)
         rank_zero_info(
             f"LongestBatchSizeFinder: batch size {self.found_batch_size} fits the longest samples; with a margin of "
             f"{self.margin:.0%} training uses batch size {final} (was {initial})."
@@ -209,7 +202,11 @@ class _TrainingSnapshot:
         self.optimizers = [_cpu_copy(opt.state_dict()) for opt in trainer.optimizers]
         self.schedulers = [deepcopy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
         self.precision = deepcopy(trainer.precision_plugin.state_dict())
-        self.counters = {name: getattr(pl_module, name) for name in _MODULE_COUNTERS if hasattr(pl_module, name)}
+        # the module's step counters: its engine's sizes and NaN/Inf counts, changed by every trial step
+        engine = getattr(pl_module, "engine", None)
+        self.engine_state = None if engine is None else (
+            dataclasses.replace(engine.micro_batch), dataclasses.replace(engine.nonfinite)
+        )
         datamodule = trainer.datamodule
         self.datamodule = deepcopy(datamodule.state_dict()) if datamodule is not None else None
         self.cpu_rng = torch.get_rng_state()
@@ -226,8 +223,10 @@ class _TrainingSnapshot:
         for config, state in zip(self.trainer.lr_scheduler_configs, self.schedulers):
             config.scheduler.load_state_dict(deepcopy(state))
         self.trainer.precision_plugin.load_state_dict(deepcopy(self.precision))
-        for name, value in self.counters.items():
-            setattr(self.module, name, value)
+        if self.engine_state is not None:
+            micro_batch, nonfinite = self.engine_state
+            self.module.engine.micro_batch = dataclasses.replace(micro_batch)
+            self.module.engine.nonfinite = dataclasses.replace(nonfinite)
         if datamodule and self.datamodule is not None:
             self.trainer.datamodule.load_state_dict(deepcopy(self.datamodule))
         self.restore_rng()
@@ -265,9 +264,10 @@ class _TrialMode:
         loop.epoch_loop.manual_optimization.optim_step_progress.reset()
         loop.epoch_loop.automatic_optimization.optim_progress.reset()
         loop.epoch_progress.reset()
-        if hasattr(self.module, "micro_batch_limit"):
-            self.module.micro_batch_limit = None  # no OOM-recovery splitting: a trial measures the whole batch
-            self.module.accumulate_grad_batches = 1
+        state = micro_batch_state(self.module)
+        if state is not None:
+            state.micro_batch_size = None  # no OOM-recovery splitting: a trial measures the whole batch
+            state.accumulate_grad_batches = 1
 
     def leave(self) -> None:
         trainer, loop = self.trainer, self.trainer.fit_loop

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from lit_qsum.errors import UserInputError
+from lit_qsum.micro_batch import MicroBatchState, micro_batch_state
 
 _SMALLER_SETUP = (
     "shorter inputs (--data.encoder_max_len), a lower LoRA rank (--model.lora.rank), activation recomputation "
@@ -31,12 +32,14 @@ _SMALLER_SETUP = (
 class OOMBatchSizeScaler(Callback):
     """On a CUDA OOM in training, halve the micro-batch and double gradient accumulation, so the effective batch stays.
 
-    What happens on an OOM of a chunk of ``n`` samples (single process):
+    The module finds it as its ``OOMHandler`` (``lit_qsum.micro_batch``). What happens on an OOM of a chunk of ``n``
+    samples (single process):
 
     - memory the failed step held is released (its traceback's frames, ``gc.collect()``, ``torch.cuda.empty_cache()``);
-    - the module's ``micro_batch_limit`` becomes ``n // 2``; ``accumulate_grad_batches`` and the micro-batches already
-      counted in the open optimizer step are scaled by the same factor (2 when ``n`` is the micro-batch size), so
-      micro-batch x accumulation is unchanged (exactly when the old size is a multiple of the new one: even sizes);
+    - the micro-batch size in the module's ``engine.micro_batch`` (a ``MicroBatchState``) becomes ``n // 2``;
+      ``accumulate_grad_batches`` and the micro-batches already counted in the open optimizer step are scaled by the
+      same factor (2 when ``n`` is the micro-batch size), so micro-batch x accumulation is unchanged (exactly when
+      the old size is a multiple of the new one: even sizes);
     - the data module's ``batch_size`` becomes ``n // 2`` from the next batch on, within the running epoch, and the
       fit loop is told the epoch now has more batches; ``eval_batch_size`` is pinned to its old value, so evaluation
       sizes change only through evaluation OOMs;
@@ -46,7 +49,7 @@ class OOMBatchSizeScaler(Callback):
     Below ``min_micro_batch`` it stops with a ``UserInputError`` saying what to change. An OOM while generating
     (validation/test/predict) halves only the evaluation batch; one sample that does not fit stops the run the same way.
 
-    Resuming: the module's checkpoint carries ``micro_batch_limit`` and ``accumulate_grad_batches`` (the module's
+    Resuming: the module's checkpoint carries the micro-batch size and ``accumulate_grad_batches`` (the module's
     values are the truth; this callback's saved copies are for reading); at fit start this callback makes the data
     module's ``batch_size`` match them and restores the shrunk ``eval_batch_size`` it saved. A
     ``LongestBatchSizeFinder`` runs before it (Lightning runs tuner callbacks first) and replaces resumed sizes.
@@ -99,18 +102,19 @@ class OOMBatchSizeScaler(Callback):
                 f"CUDA out of memory with a micro-batch of {failed_size}, and OOMBatchSizeScaler goes no lower than "
                 f"min_micro_batch={self.min_micro_batch}. To fit, use " + _SMALLER_SETUP + "."
             )
-        datamodule = trainer.datamodule
-        unit = pl_module.micro_batch_limit or getattr(datamodule, "batch_size", None) or failed_size
-        factor = unit / new
-        self._shrink(trainer, pl_module, new, unit, f"CUDA out of memory at a micro-batch of {failed_size}")
-        # chunks already accumulated in this step are counted in the new, smaller unit, so they keep their weight
-        pl_module.micro_batches_done = round(pl_module.micro_batches_done * factor)
+        state: MicroBatchState = pl_module.engine.micro_batch
+        micro_batch_size = state.micro_batch_size or getattr(trainer.datamodule, "batch_size", None) or failed_size
+        factor = micro_batch_size / new
+        self._shrink(trainer, state, new, micro_batch_size, f"CUDA out of memory at a micro-batch of {failed_size}")
+        # chunks already accumulated in this step are counted in the new, smaller size, so they keep their weight
+        state.micro_batches_done = round(state.micro_batches_done * factor)
 
     def _handle_distributed_oom(self, trainer: L.Trainer, pl_module: L.LightningModule, failed_size: int, new: int) -> None:
-        if getattr(pl_module, "sharded", False) or not getattr(pl_module, "syncs_gradients_per_step", False):
-            datamodule = trainer.datamodule
-            unit = pl_module.micro_batch_limit or getattr(datamodule, "batch_size", None) or failed_size
-            accumulate = max(1, round(pl_module.accumulate_grad_batches * unit / max(new, 1)))
+        engine = pl_module.engine
+        state: MicroBatchState = engine.micro_batch
+        if engine.sharded or not engine.syncs_gradients_per_step:
+            micro_batch_size = state.micro_batch_size or getattr(trainer.datamodule, "batch_size", None) or failed_size
+            accumulate = max(1, round(state.accumulate_grad_batches * micro_batch_size / max(new, 1)))
             raise UserInputError(
                 f"CUDA out of memory on rank {trainer.global_rank} with a micro-batch of {failed_size}. Under this "
                 "strategy (FSDP: collectives inside every forward and backward) the ranks can't recover in place. "
@@ -119,8 +123,8 @@ class OOMBatchSizeScaler(Callback):
             )
         # 0 = "can't go lower": the agreement at the optimizer step then stops every rank together (adopt_micro_batch)
         new = new if new >= self.min_micro_batch else 0
-        pending = pl_module.pending_micro_batch_limit
-        pl_module.pending_micro_batch_limit = new if pending is None else min(pending, new)
+        pending = state.pending_micro_batch_size
+        state.pending_micro_batch_size = new if pending is None else min(pending, new)
 
     def adopt_micro_batch(self, trainer: L.Trainer, pl_module: L.LightningModule, size: int) -> None:
         """DDP: called on every rank at an optimizer step with the smallest micro-batch any rank fell back to."""
@@ -129,25 +133,27 @@ class OOMBatchSizeScaler(Callback):
                 f"CUDA out of memory on a rank at micro-batch {self.min_micro_batch} or less, and OOMBatchSizeScaler goes "
                 f"no lower than min_micro_batch={self.min_micro_batch}. To fit, use " + _SMALLER_SETUP + "."
             )
-        unit = pl_module.micro_batch_limit or getattr(trainer.datamodule, "batch_size", None) or size
-        if size >= unit:
+        state: MicroBatchState = pl_module.engine.micro_batch
+        micro_batch_size = state.micro_batch_size or getattr(trainer.datamodule, "batch_size", None) or size
+        if size >= micro_batch_size:
             return
         what = f"CUDA out of memory on a rank (of {trainer.world_size}); it fell back to micro-batches of {size}"
-        self._shrink(trainer, pl_module, size, unit, what)
+        self._shrink(trainer, state, size, micro_batch_size, what)
 
-    def _shrink(self, trainer: L.Trainer, pl_module: L.LightningModule, new: int, unit: int, what: str) -> None:
-        """Micro-batch ``new`` instead of ``unit`` (the size one micro-batch had until now), accumulation scaled to keep
-        the effective batch, loader batches of ``new`` from the next one."""
+    def _shrink(self, trainer: L.Trainer, state: MicroBatchState, new: int, micro_batch_size: int, what: str) -> None:
+        """Micro-batch ``new`` instead of ``micro_batch_size`` (the size until now), accumulation scaled to keep the
+        effective batch, loader batches of ``new`` from the next one."""
         datamodule = trainer.datamodule
         loader_batch = getattr(datamodule, "batch_size", None)
-        old_accumulate = pl_module.accumulate_grad_batches
-        new_accumulate = max(1, round(old_accumulate * unit / max(new, 1)))
-        pl_module.micro_batch_limit = new
-        pl_module.accumulate_grad_batches = new_accumulate
-        if unit % new:
+        old_accumulate = state.accumulate_grad_batches
+        new_accumulate = max(1, round(old_accumulate * micro_batch_size / max(new, 1)))
+        state.micro_batch_size = new
+        state.accumulate_grad_batches = new_accumulate
+        if micro_batch_size % new:
             rank_zero_warn(
-                f"OOMBatchSizeScaler: micro-batches of {unit} are not a whole number of {new}, so the effective batch "
-                f"changes from {unit * old_accumulate} to {new * new_accumulate}; even batch sizes keep it exact."
+                f"OOMBatchSizeScaler: micro-batches of {micro_batch_size} are not a whole number of {new}, so the "
+                f"effective batch changes from {micro_batch_size * old_accumulate} to {new * new_accumulate}; even "
+                "batch sizes keep it exact."
             )
         if loader_batch is not None and new < loader_batch:
             if getattr(datamodule, "eval_batch_size", 0) is None:
@@ -156,11 +162,11 @@ class OOMBatchSizeScaler(Callback):
             _resize_train_epoch(trainer)
             self._resized_this_fit = True
         self.recoveries += 1
-        self._mirror(pl_module, datamodule)
+        self._mirror(state, datamodule)
         if self.verbose:
             rank_zero_info(
                 f"OOMBatchSizeScaler: {what} (optimizer step {trainer.global_step}); continuing with micro-batches of "
-                f"{new} x {new_accumulate} accumulated (effective batch {new * new_accumulate}; was {unit} x "
+                f"{new} x {new_accumulate} accumulated (effective batch {new * new_accumulate}; was {micro_batch_size} x "
                 f"{old_accumulate})"
                 + (f"; the loader yields batches of {new} from the next one" if loader_batch is not None else "")
                 + f". Recoveries so far: {self.recoveries}."
@@ -171,11 +177,12 @@ class OOMBatchSizeScaler(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT, batch: Any, batch_idx: int
     ) -> None:
         if self.recoveries:
+            state: MicroBatchState = pl_module.engine.micro_batch
             pl_module.log_dict(
                 {
                     "train/oom_recoveries": float(self.recoveries),
-                    "train/micro_batch_size": float(pl_module.micro_batch_limit or 0),
-                    "train/accumulate_grad_batches": float(pl_module.accumulate_grad_batches),
+                    "train/micro_batch_size": float(state.micro_batch_size or 0),
+                    "train/accumulate_grad_batches": float(state.accumulate_grad_batches),
                 },
                 on_step=True,
                 on_epoch=False,
@@ -190,15 +197,16 @@ class OOMBatchSizeScaler(Callback):
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._resized_this_fit = False
-        micro = getattr(pl_module, "micro_batch_limit", None)
-        accumulate = getattr(pl_module, "accumulate_grad_batches", None)
+        state = micro_batch_state(pl_module)
+        micro = None if state is None else state.micro_batch_size
+        accumulate = None if state is None else state.accumulate_grad_batches
         if trainer.world_size > 1:
             # every rank restored the same checkpoint; broadcasting makes sure they also act on one set of sizes
             micro, accumulate, self.eval_batch_size = trainer.strategy.broadcast(
                 (micro, accumulate, self.eval_batch_size)
             )
-            if hasattr(pl_module, "micro_batch_limit"):
-                pl_module.micro_batch_limit, pl_module.accumulate_grad_batches = micro, accumulate
+            if state is not None:
+                state.micro_batch_size, state.accumulate_grad_batches = micro, accumulate
         datamodule = trainer.datamodule
         loader_batch = getattr(datamodule, "batch_size", None)
         if micro is not None and loader_batch is not None and micro < loader_batch:
@@ -212,7 +220,7 @@ class OOMBatchSizeScaler(Callback):
                 f"accumulated (--data.batch_size {loader_batch} is overridden)."
             )
         self._apply_eval_batch_size(datamodule)
-        self._mirror(pl_module, datamodule)
+        self._mirror(state, datamodule)
 
     # ---- evaluation -------------------------------------------------------------------------------------------------
     def handle_eval_oom(
@@ -220,7 +228,7 @@ class OOMBatchSizeScaler(Callback):
     ) -> None:
         """Called by the module when evaluating ``failed_size`` samples ran out of memory; it then halves the batch."""
         _free_memory(trainer, error)
-        if trainer.world_size > 1 and getattr(pl_module, "sharded", False):
+        if trainer.world_size > 1 and pl_module.engine.sharded:
             raise UserInputError(
                 f"CUDA out of memory on rank {trainer.global_rank} evaluating {failed_size} samples. Under FSDP the ranks "
                 "can't split evaluation batches independently; restart with a smaller --data.eval_batch_size, or a "
@@ -274,9 +282,9 @@ class OOMBatchSizeScaler(Callback):
         if self.eval_batch_size < current:
             datamodule.eval_batch_size = self.eval_batch_size
 
-    def _mirror(self, pl_module: L.LightningModule, datamodule: Any) -> None:
-        self.micro_batch_size = getattr(pl_module, "micro_batch_limit", None)
-        self.accumulate_grad_batches = getattr(pl_module, "accumulate_grad_batches", None)
+    def _mirror(self, state: MicroBatchState | None, datamodule: Any) -> None:
+        self.micro_batch_size = None if state is None else state.micro_batch_size
+        self.accumulate_grad_batches = None if state is None else state.accumulate_grad_batches
         self.train_batch_size = getattr(datamodule, "batch_size", None)
 
     # ---- checkpointing ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """LongestBatchSizeFinder on the real (tiny) summarizer, against a fake memory budget in padded tokens (FakeMemory)."""
 
+import dataclasses
 import math
 from collections import Counter
 from copy import deepcopy
@@ -31,7 +32,7 @@ def _training_state(trainer: Any, pl_module: Any) -> dict[str, Any]:
         "optimizer": deepcopy(trainer.optimizers[0].state_dict()),
         "scheduler": deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict()),
         "loop": deepcopy(trainer.fit_loop.state_dict()),
-        "counters": (pl_module.micro_batches_done, pl_module.accumulate_grad_batches, pl_module.micro_batch_limit),
+        "counters": dataclasses.astuple(pl_module.engine.micro_batch),
         # the epoch position; the batch size is what the finder changes
         "data": {k: v for k, v in trainer.datamodule.state_dict()["train_sampler"].items() if k != "batch_size"},
         "rng": torch.get_rng_state(),
@@ -120,7 +121,7 @@ def test_finds_the_size_of_the_longest_batch_keeps_a_margin_and_restores_state(
     assert {len(idx) for idx in trained[:-1]} == {final}
     assert trainer.global_step == math.ceil(N / final) and scaler.recoveries == 0
     # the LR schedule spans the run at the size found (it was sized for batches of 4 before the finder ran)
-    assert module._lr_total_steps == trainer.global_step and trainer.optimizers[0].param_groups[0]["lr"] == 0.0
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == trainer.global_step and trainer.optimizers[0].param_groups[0]["lr"] == 0.0
 
 
 def test_no_size_fits_says_what_to_change(make_summarizer, make_summary_data, summary_trainer):
@@ -136,11 +137,13 @@ def test_finder_replaces_oom_scaled_sizes(make_summarizer, make_summary_data, su
     module = make_summarizer(accumulate_grad_batches=2)
 
     def scaled_by_an_earlier_oom(trainer: Any, pl_module: Any) -> None:  # what a resumed checkpoint may bring
-        pl_module.micro_batch_limit, pl_module.accumulate_grad_batches = 1, 8
+        state = pl_module.engine.micro_batch
+        state.micro_batch_size, state.accumulate_grad_batches = 1, 8
 
     finder = _ObservedFinder(scaled_by_an_earlier_oom, steps_per_trial=1, max_trials=2, margin=0.0)
     summary_trainer([finder], max_steps=1).fit(module, make_summary_data(batch_size=4))
-    assert (module.micro_batch_limit, module.accumulate_grad_batches) == (None, 2)
+    state = module.engine.micro_batch
+    assert (state.micro_batch_size, state.accumulate_grad_batches) == (None, 2)
     assert finder.found_batch_size == 4  # init 2 fits, 4 fits, no more trials
 
 

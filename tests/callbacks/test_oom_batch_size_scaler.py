@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lit_qsum.callbacks import OOMBatchSizeScaler
 from lit_qsum.errors import UserInputError
+from lit_qsum.micro_batch import MicroBatchState
 
 REPO = Path(__file__).resolve().parents[2]
 N = 32  # training samples
@@ -51,8 +52,9 @@ def test_training_goes_on_with_the_same_steps_and_samples(
     assert oom.memory.ooms and oom.scaler.recoveries >= 1
     assert oom.trainer.global_step == base.trainer.global_step == 2 * N // (4 * accumulate)
     # micro-batch x accumulation (the effective batch) is what it was; the loader serves the halved size
-    assert oom.module.micro_batch_limit * oom.module.accumulate_grad_batches == 4 * accumulate
-    assert oom.data.batch_size == oom.module.micro_batch_limit
+    sizes = oom.module.engine.micro_batch
+    assert sizes.micro_batch_size * sizes.accumulate_grad_batches == 4 * accumulate
+    assert oom.data.batch_size == sizes.micro_batch_size
     assert oom.data.eval_batch_size == 8  # untouched by a training OOM
     # every sample of each epoch trained on exactly once, and in epoch 0 (same sample order) each optimizer step
     # covered exactly the samples it covered without the OOM
@@ -63,11 +65,11 @@ def test_training_goes_on_with_the_same_steps_and_samples(
     first_epoch = {s: idx for s, idx in _windows(oom.memory).items() if s < steps_per_epoch}
     assert first_epoch == {s: idx for s, idx in _windows(base.memory).items() if s < steps_per_epoch}
     # Lightning's fit loop was told the epoch grew: epoch 1 ran at the small size throughout
-    assert oom.trainer.num_training_batches == N // oom.module.micro_batch_limit
+    assert oom.trainer.num_training_batches == N // sizes.micro_batch_size
     recoveries = read_logged(oom.trainer, "train/oom_recoveries")
     assert recoveries and max(recoveries.values()) == oom.scaler.recoveries
     micro = read_logged(oom.trainer, "train/micro_batch_size")
-    assert micro[max(micro)] == oom.module.micro_batch_limit
+    assert micro[max(micro)] == sizes.micro_batch_size
 
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -127,7 +129,8 @@ def test_checkpoint_keeps_scaled_sizes_and_resume_uses_them(
     resumed = FakeMemory(resumed_module)  # no OOM now: the sizes come from the checkpoint
     trainer = summary_trainer([scaler])
     trainer.fit(resumed_module, resumed_data, ckpt_path=ckpt, weights_only=False)
-    assert (resumed_module.micro_batch_limit, resumed_module.accumulate_grad_batches) == (2, 2)
+    resumed_sizes = resumed_module.engine.micro_batch
+    assert (resumed_sizes.micro_batch_size, resumed_sizes.accumulate_grad_batches) == (2, 2)
     assert resumed_data.batch_size == 2 and {len(idx) for _, idx in resumed.trained} == {2}
     assert scaler.recoveries == 1
     before = [i for step, idx in memory.trained if step == 0 for i in idx]
@@ -169,9 +172,10 @@ def test_eval_oom_halves_only_the_eval_batch(make_summarizer, make_summary_data,
     assert summaries(oom.predictions) == summaries(base.predictions) and len(summaries(base.predictions)) == 8
     assert len(oom.predictions) == 4  # predict's loader was built after the OOMs, at the halved size
     # only evaluation shrank: later loaders use the halved size, training sizes are as configured
-    assert oom.data.eval_batch_size == 2 and oom.module.eval_micro_batch_limit == 2
-    assert oom.data.batch_size == 4 and oom.module.micro_batch_limit is None
-    assert oom.module.accumulate_grad_batches == 1
+    sizes = oom.module.engine.micro_batch
+    assert oom.data.eval_batch_size == 2 and sizes.eval_micro_batch_size == 2
+    assert oom.data.batch_size == 4 and sizes.micro_batch_size is None
+    assert sizes.accumulate_grad_batches == 1
 
 
 def test_floor_stops_through_the_cli_with_what_to_change(monkeypatch, capsys, tmp_path):
@@ -202,11 +206,12 @@ def test_under_ddp_it_stops_with_the_sizes_to_restart_with():
         world_size=2, global_rank=1, global_step=7, datamodule=SimpleNamespace(batch_size=8, eval_batch_size=None),
         strategy=SimpleNamespace(root_device=torch.device("cpu")),
     )
-    module = SimpleNamespace(micro_batch_limit=None, accumulate_grad_batches=2, micro_batches_done=1)
+    sizes = MicroBatchState(accumulate_grad_batches=2, micro_batches_done=1)
+    module = SimpleNamespace(engine=SimpleNamespace(micro_batch=sizes, sharded=False, syncs_gradients_per_step=False))
     with pytest.raises(UserInputError, match="rank 1") as err:
         OOMBatchSizeScaler().handle_train_oom(trainer, module, 8, RuntimeError("CUDA out of memory"))
     assert "--data.batch_size 4 --model.accumulate_grad_batches 4" in str(err.value)
-    assert module.micro_batch_limit is None and trainer.datamodule.batch_size == 8  # nothing changed in place
+    assert sizes.micro_batch_size is None and trainer.datamodule.batch_size == 8  # nothing changed in place
 
 
 def test_under_ddp_ranks_share_resumed_sizes_and_the_smallest_eval_batch():
@@ -222,11 +227,12 @@ def test_under_ddp_ranks_share_resumed_sizes_and_the_smallest_eval_batch():
 
     data = SimpleNamespace(batch_size=8, eval_batch_size=None)
     trainer = SimpleNamespace(world_size=2, global_rank=1, datamodule=data, strategy=FakeStrategy())
-    module = SimpleNamespace(micro_batch_limit=None, accumulate_grad_batches=1)
+    sizes = MicroBatchState()
+    module = SimpleNamespace(engine=SimpleNamespace(micro_batch=sizes))
     scaler = OOMBatchSizeScaler()
     trainer.train_dataloader = None  # not built yet: nothing to resize
     scaler.on_fit_start(trainer, module)
-    assert (module.micro_batch_limit, module.accumulate_grad_batches, data.batch_size) == (2, 4, 2)
+    assert (sizes.micro_batch_size, sizes.accumulate_grad_batches, data.batch_size) == (2, 4, 2)
     assert data.eval_batch_size == 3  # pinned at the old training size, then rank 0's saved evaluation size
     scaler.on_validation_end(trainer, module)
     assert data.eval_batch_size == scaler.eval_batch_size == 2

@@ -11,6 +11,7 @@ import torch
 
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback
+from lit_qsum.micro_batch import find_oom_handler
 
 
 class Recorder(Callback):
@@ -48,15 +49,15 @@ class Recorder(Callback):
         rank = trainer.global_rank
         self.out_dir.mkdir(parents=True, exist_ok=True)
         datamodule = trainer.datamodule
-        scaler = next((c for c in trainer.callbacks if hasattr(c, "adopt_micro_batch")), None)
+        scaler = find_oom_handler(trainer)
         report = {
             "stage": stage,
             "world_size": trainer.world_size,
             "first_step": self.first_step,
             "global_step": trainer.global_step,
             "trained": self.trained,
-            "micro_batch_limit": pl_module.micro_batch_limit,
-            "accumulate_grad_batches": pl_module.accumulate_grad_batches,
+            "micro_batch_limit": pl_module.engine.micro_batch.micro_batch_size,
+            "accumulate_grad_batches": pl_module.engine.micro_batch.accumulate_grad_batches,
             "batch_size": datamodule.batch_size,
             "recoveries": getattr(scaler, "recoveries", None),
             "start_optimizer": self.start_optimizer,

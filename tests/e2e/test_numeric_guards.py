@@ -37,7 +37,7 @@ def fit(monkeypatch: pytest.MonkeyPatch, tmp_path, bad_calls: set[int], steps: i
 
 def test_nan_losses_are_skipped_and_counted(monkeypatch, tmp_path) -> None:
     module, trainer = fit(monkeypatch, tmp_path, bad_calls={2, 3})
-    assert module.nonfinite_total == 2
+    assert module.engine.nonfinite.total == 2
     assert trainer.global_step == 6  # the run went on to its last step
     for p in module.model.parameters():
         if p.requires_grad:
@@ -60,7 +60,7 @@ def test_one_nan_micro_batch_skips_its_whole_step_and_is_read_once_per_step(monk
     monkeypatch.setattr(grad_sync, "agree", agree)
     # micro-batches 1-2 are step 1, 3-4 step 2 (micro-batch 4 is NaN, so micro-batch 3's gradient is dropped too)
     module, trainer = fit(monkeypatch, tmp_path, bad_calls={4}, steps=4, accumulate=2)
-    assert module.nonfinite_total == 1 and module.nonfinite_in_a_row == 0
+    assert module.engine.nonfinite.total == 1 and module.engine.nonfinite.in_a_row == 0
     assert trainer.global_step == 4
     assert reads["n"] == 5  # once per optimizer step (4 taken + 1 skipped), not once per micro-batch (10)
     assert all(torch.isfinite(p).all() for p in module.model.parameters() if p.requires_grad)
