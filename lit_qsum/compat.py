@@ -16,6 +16,7 @@ bounds ``lightning`` to the minor versions these tests have run on.
 | ``sdpa_mask_skip_helpers`` | transformers ``masking_utils._ignore_bidirectional_mask_sdpa`` / ``_ignore_causal_mask_sdpa`` | CUDA graphs |
 | ``no_split_module_classes`` | transformers ``PreTrainedModel._no_split_modules`` | FSDP wrapping, compiled blocks |
 | ``compile_module_call`` | torch ``nn.Module._call_impl`` / ``_compiled_call_impl`` | compiled blocks |
+| ``foreach_copy`` | ``torch._foreach_copy_`` | DDP gradient sync |
 """
 
 from __future__ import annotations
@@ -101,6 +102,11 @@ def no_split_module_classes(modules: Iterable[torch.nn.Module]) -> set[str]:
     for module in modules:
         names.update(getattr(module, "_no_split_modules", None) or ())
     return names
+
+
+def foreach_copy(destinations: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """``d.copy_(s)`` for each pair, as one multi-tensor kernel where the device has one."""
+    torch._foreach_copy_(destinations, sources)
 
 
 def compile_module_call(module: torch.nn.Module, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> bool:

@@ -133,3 +133,9 @@ def test_compile_module_call_routes_calls_through_the_wrapper_once() -> None:
     assert not compat.compile_module_call(module, wrap)  # already routed
     torch.testing.assert_close(module(x), torch.nn.functional.linear(x, module.weight, module.bias))
     assert calls == [1]
+
+
+def test_foreach_copy_copies_each_pair() -> None:
+    dst = [torch.zeros(2), torch.zeros(3, dtype=torch.float64)]
+    compat.foreach_copy(dst, [torch.ones(2), torch.full((3,), 2.0, dtype=torch.float64)])
+    assert dst[0].tolist() == [1.0, 1.0] and dst[1].tolist() == [2.0, 2.0, 2.0]

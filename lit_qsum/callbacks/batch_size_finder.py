@@ -13,12 +13,10 @@ import lightning.pytorch as L
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import BatchSizeFinder
 from lightning.pytorch.loggers.logger import DummyLogger
-# private, and the one Lightning helper used: the fit loop keeps its loaders until `_combined_loader` is cleared, and
-# only this function (which Lightning's own finder uses) clears it and rebuilds train and val loaders
-from lightning.pytorch.tuner.batch_size_scaling import _reset_dataloaders
 from lightning.pytorch.utilities.memory import garbage_collection_cuda, is_oom_error
 from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_setattr
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lit_qsum import compat
 from lit_qsum.errors import UserInputError
 from lit_qsum.micro_batch import micro_batch_state
 
@@ -49,8 +47,8 @@ class LongestBatchSizeFinder(BatchSizeFinder):
     ``batch_size x --model.accumulate_grad_batches``. Lightning runs tuner callbacks before all others, so this one
     acts before ``OOMBatchSizeScaler`` re-applies resumed sizes (it then finds none).
 
-    Lightning internals touched, as in Lightning's own finder: the private ``_reset_dataloaders`` helper (there is no
-    public way to make the fit loop rebuild its loaders), and the fit loop's ``state_dict``/``load_state_dict``/
+    Lightning internals touched, as in Lightning's own finder: ``compat.reset_train_and_val_loaders`` (Lightning's private
+    ``_reset_dataloaders``: there is no public way to make the fit loop rebuild its loaders), and the fit loop's ``state_dict``/``load_state_dict``/
     ``run``/``reset``, ``restarting``, ``epoch_loop.max_steps`` and progress counters (public names on Lightning's
     loop classes). ``trainer.save_checkpoint`` and the private checkpoint connector are no longer used.
 
@@ -139,7 +137,7 @@ class LongestBatchSizeFinder(BatchSizeFinder):
         size = self.init_val
         for _ in range(self.max_trials):
             lightning_setattr(pl_module, self.batch_arg_name, size)
-            _reset_dataloaders(trainer)  # the fit loop keeps its loader until told to rebuild it
+            compat.reset_train_and_val_loaders(trainer)  # the fit loop keeps its loader until told to
             dataset_size = sized_len(getattr(trainer.train_dataloader, "dataset", None)) or math.inf
             if self._trial(trainer, snapshot, trial_mode):
                 fits = size
@@ -278,7 +276,7 @@ class _TrialMode:
         loop.epoch_loop.max_steps = self.max_steps
         loop.load_state_dict(deepcopy(self.loop_state))
         loop.restarting = False
-        _reset_dataloaders(trainer)  # the epoch's own loader, at the size chosen
+        compat.reset_train_and_val_loaders(trainer)  # the epoch's own loader, at the size chosen
         loop.reset()
 
 

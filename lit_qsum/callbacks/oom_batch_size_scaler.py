@@ -19,6 +19,7 @@ from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from lit_qsum import compat
 from lit_qsum.errors import UserInputError
 from lit_qsum.micro_batch import MicroBatchState, micro_batch_state
 
@@ -333,17 +334,7 @@ def _resize_train_epoch(trainer: L.Trainer) -> None:
         return  # not built yet (setup_data measures it then) or of unknown length (no epoch count to fix)
     limit = trainer.limit_train_batches
     num_batches = min(length, limit) if isinstance(limit, int) else int(length * limit)
-    loop = trainer.fit_loop
-    loop.max_batches = num_batches
-    # Private attributes: Lightning has no public way to change the running epoch's length, and without these two the
-    # fetcher ends the epoch after the old number of batches (the CombinedLoader's limit is what the fetcher re-reads
-    # at the next epoch's start).
-    if loop._combined_loader is not None:
-        loop._combined_loader.limits = [num_batches] * len(loop._combined_loader.flattened)
-    fetcher = loop._data_fetcher
-    if fetcher is not None and fetcher.length is not None:
-        fetcher.length = num_batches
-        fetcher.done = fetcher.fetched >= num_batches
+    compat.set_running_epoch_length(trainer.fit_loop, num_batches)
     # a fractional val_check_interval was turned into a batch count from the old length too
     interval = trainer.val_check_interval
     if isinstance(interval, float) and trainer.val_check_batch is not None and math.isfinite(trainer.val_check_batch):

@@ -3,9 +3,10 @@
 from typing import Any
 
 import lightning.pytorch as L
-from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from lit_qsum import compat
 from typing_extensions import override
 
 
@@ -44,12 +45,5 @@ class TensorBoardSummaries(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None:
             params.update({f"data.{k}": v for k, v in dict(datamodule.hparams).items()})
-        # the metric values come from the val/* scalars already logged; write only the HPARAMS session (as
-        # Lightning's TensorBoardLogger does internally) instead of log_hyperparams(metrics=...), which would
-        # log every val/* scalar a second time. Private helpers: Lightning has no public API for a session alone.
-        from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
-
-        flat = logger._sanitize_params(_flatten_dict(_convert_params(params)))
-        writer = logger.experiment._get_file_writer()
-        for summary in hparams(flat, final):
-            writer.add_summary(summary, trainer.global_step)
+        # the metric values come from the val/* scalars already logged: the HPARAMS session alone
+        compat.write_tensorboard_hparams(logger, params, final, trainer.global_step)

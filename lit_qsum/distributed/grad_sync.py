@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from lit_qsum import compat
+
 
 def syncs_per_step(model: torch.nn.Module | None) -> bool:
     """Whether ``model`` (the strategy's model) is a DDP wrapper whose gradient sync this module does instead."""
@@ -74,7 +76,8 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         flat = torch.cat([p.grad.reshape(-1) for p in group])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world)
-        torch._foreach_copy_([p.grad for p in group], [v.view_as(p) for v, p in zip(flat.split([p.numel() for p in group]), group)])
+        views = [v.view_as(p) for v, p in zip(flat.split([p.numel() for p in group]), group)]
+        compat.foreach_copy([p.grad for p in group], views)
 
 
 def _by_dtype(params: list[torch.nn.Parameter]) -> dict[torch.dtype, list[torch.nn.Parameter]]:
