@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_qsum.backends.choice import BackendRequest
-from lit_qsum.backends.hf import load_config, task_of
+from lit_qsum.backends.hf import T5_FAMILY, config_for, task_of
 from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
 from lit_qsum import checkpoint_contents
 from lit_qsum.cpu_threads import set_cpu_threads
@@ -31,12 +31,10 @@ from lit_qsum.errors import UserInputError
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
 from lit_qsum.metrics.tokenizers import check_tokenizer
 from lit_qsum.fastpath import apply_speedups, cuda_graphs, restore_speedups
+from lit_qsum.fastpath.chunked_loss import causal_lm_loss, plain_head_causal_lm
 from lit_qsum.fastpath.optimizer import prefer_fused_adam
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings, SpeedSettings
 from lit_qsum.steps import StepEngine, token_shares
-
-T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
-
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
@@ -155,6 +153,7 @@ class SummarizationModule(L.LightningModule):
         self.test_rouge = SummaryRouge(tokenizer=rouge_tokenizer, multi_ref=rouge_multi_ref)
         self.model: torch.nn.Module | None = None
         self.loaded: LoadedModel | None = None
+        self._chunked_lm: torch.nn.Module | None = None  # set in setup where speed.chunked_loss applies
         self.run_facts: dict[str, Any] = {}
         # (dialogue, reference, prediction) of this validation's first examples, for TensorBoardSummaries
         self.val_examples: list[tuple[str, str, str]] = []
@@ -181,10 +180,14 @@ class SummarizationModule(L.LightningModule):
         self.model = self.loaded.model
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found
         if self.loaded.decision.backend in ("qlora", "lora"):
+            # FSDP lays units out by parameter dtype: its layout is the measured one, float32 wo included
+            precision = None if isinstance(trainer.strategy, fsdp.QLoraFSDPStrategy) else str(trainer.precision)
             for line in apply_speedups(
-                self.model, self.speed, device=device, gradient_checkpointing=self.spec.gradient_checkpointing
+                self.model, self.speed, device=device, gradient_checkpointing=self.spec.gradient_checkpointing,
+                precision=precision,
             ):
                 rank_zero_info(line)
+        self._chunked_lm = self._setup_chunked_loss()
         self._check_precision(str(trainer.precision))
         decision = self.loaded.decision
         rank_zero_info(decision.report())
@@ -215,17 +218,7 @@ class SummarizationModule(L.LightningModule):
 
     def resolve_task(self) -> str:
         """seq2seq or causal, read from the config alone (cheap: no weights), so the data module can tokenize."""
-        if self.spec.model_config is not None:
-            model_type = self.spec.model_config.get("model_type")
-            if not model_type:
-                raise UserInputError("--model.model_config needs a model_type (e.g. t5, bart, llama)")
-            from transformers import AutoConfig  # noqa: PLC0415
-
-            try:
-                return task_of(AutoConfig.for_model(model_type))
-            except ValueError as err:
-                raise UserInputError(f"--model.model_config: unknown model_type {model_type!r}") from err
-        return task_of(load_config(self.spec.model_name_or_path))
+        return task_of(config_for(self.spec.model_config, self.spec.model_name_or_path))
 
     @property
     def tokenizer(self):
@@ -249,8 +242,26 @@ class SummarizationModule(L.LightningModule):
 
     # ---- steps ----------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self._chunked_lm is not None and self.training:
+            return causal_lm_loss(self._chunked_lm, batch)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss
+
+    def _setup_chunked_loss(self) -> torch.nn.Module | None:
+        """The causal LM whose training loss ``speed.chunked_loss`` computes in chunks (None: the model's own loss)."""
+        if not self.speed.chunked_loss or self.loaded.task != "causal":
+            return None
+        if self.loaded.decision.backend not in ("qlora", "lora"):
+            backend = self.loaded.decision.backend
+            rank_zero_info(f"fast path: speed.chunked_loss skipped: the {backend} backend has its own loss")
+            return None
+        lm = plain_head_causal_lm(self.model)
+        if lm is None:
+            rank_zero_info(f"fast path: speed.chunked_loss skipped: {self.loaded.model_type} has a head it can't chunk "
+                           "(soft-capping, a trained or biased LM head)")
+        else:
+            rank_zero_info("fast path: causal-LM loss over chunks of rows (no full [batch, length, vocab] logits)")
+        return lm
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

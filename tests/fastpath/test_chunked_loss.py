@@ -90,3 +90,37 @@ def test_models_with_a_different_head_are_left_to_their_own_loss() -> None:
     model = _model("llama")
     model.get_base_model().lm_head.weight.requires_grad_(True)  # a trained head needs its own gradient
     assert plain_head_causal_lm(model) is None
+
+
+def test_a_fit_with_the_chunked_loss_lands_on_the_full_loss_fit(tmp_path) -> None:
+    """speed.chunked_loss through the module (dropout and accumulation as users train): the same adapter."""
+    import lightning.pytorch as L
+
+    from lit_qsum.data.datamodule import SummarizationDataModule
+    from lit_qsum.module import SummarizationModule
+    from lit_qsum.settings import LoraSettings, SpeedSettings
+
+    llama = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+
+    def fit(chunked: bool) -> SummarizationModule:
+        L.seed_everything(5)
+        module = SummarizationModule(model_config=llama, tokenizer="lit_qsum:demo", backend="lora", init_seed=5,
+                                     lora=LoraSettings(rank=4, alpha=8, dropout=0.05), accumulate_grad_batches=2,
+                                     speed=SpeedSettings(chunked_loss=chunked))
+        data = SummarizationDataModule(task="causal", batch_size=4, max_train_samples=24, max_eval_samples=4)
+        trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path / str(chunked),
+                            use_distributed_sampler=False)
+        trainer.fit(module, data)
+        return module
+
+    full, chunked = fit(False), fit(True)
+    assert full._chunked_lm is None and chunked._chunked_lm is not None
+    reference = dict(full.model.named_parameters())
+    compared = 0
+    for name, param in chunked.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+            compared += 1
+    assert compared
