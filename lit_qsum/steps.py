@@ -1,27 +1,7 @@
-"""How ``SummarizationModule`` runs a training step itself: micro-batches, OOM recovery, NaN/Inf skips, DDP agreement.
+"""The training step ``SummarizationModule`` runs itself (``StepEngine``): micro-batches, OOM recovery, NaN/Inf skips,
+gradient sync across ranks.
 
-OOM recovery (``OOMBatchSizeScaler``) and what it keeps exact. The module steps its optimizer itself
-every ``accumulate_grad_batches`` micro-batches, where a micro-batch is a loader batch or, once
-``micro_batch_size`` is set, a chunk of at most that many samples. A loader batch cut into ``k``
-chunks counts as ``k`` micro-batches and weighs ``k / accumulate_grad_batches`` in the step; each
-chunk gets the share of that weight its label tokens have in the batch, so a split batch gives the
-gradient of the unsplit one (the loss is a mean over label tokens). When an OOM halves the
-micro-batch, the scaler doubles ``accumulate_grad_batches`` and the micro-batches already counted
-in the open step, and the loader serves half-size batches from the next one on: every optimizer
-step then covers the same samples as without the OOM (the sampler's epoch order does not depend
-on the batch size), there are as many steps, and the LR schedule, which counts optimizer steps, is
-unchanged. One thing differs: after the shrink, the loss is averaged over each half-size batch and
-the halves weigh equally, where before the tokens of the whole batch were averaged together; the
-usual gradient-accumulation approximation, exact when halves hold equally many label tokens.
-Exactness needs the micro-batch to halve evenly (even sizes; powers of two stay exact).
-
-Several GPUs (``lit_qsum.distributed``). Under DDP every backward runs under DDP's ``no_sync`` and the
-adapter's gradients are averaged once per optimizer step; under FSDP (``QLoraFSDPStrategy``) only the frozen
-base is sharded and the adapter is synced the same way. So a rank that runs out of memory splits its batch
-alone (DDP) and every rank adopts the smallest micro-batch at the next step; until then each rank counts its
-micro-batches in the shared unit, so all reach the optimizer step at the same loader batch. A NaN/Inf loss is
-counted on the device and read once per step, with the OOM sizes, in one small all-reduce: a step is skipped
-on every rank when any rank saw one.
+Why it is built this way, and what stays exact when an OOM halves the micro-batch: ``docs/design.md``.
 """
 
 from __future__ import annotations

@@ -26,31 +26,12 @@ class LongestBatchSizeFinder(BatchSizeFinder):
     """Lightning's ``BatchSizeFinder`` for summarization: probes with the longest samples, restores only what trials
     change, and keeps a safety margin.
 
-    Lightning's finder falls short here in three ways, so ``scale_batch_size`` is replaced (the search follows
-    Lightning's ``power``/``binsearch`` modes):
-
-    - it probes whatever batches the loader yields first; with length-varying dialogues a size that fits those can OOM
-      on the longest batch hours later. Here the data module's ``probe_longest`` flag makes every trial batch the
-      ``batch_size`` longest samples (sorted by tokens), at every candidate size;
-    - it writes a full checkpoint to disk and restores it through the Trainer's private checkpoint connector. Here only
-      what trial steps change is copied (to CPU) and put back: the trainable (LoRA) weights, optimizer and LR scheduler
-      state, the precision plugin's state (a loss scaler), the module's step counters, the data module's epoch
-      position, the loops' progress and the torch RNG. Each trial starts from that same state, which also matters
-      under manual optimization: a trial that OOMs leaves gradients and half-counted micro-batches behind;
-    - its margin applies to ``binsearch`` only; here ``floor(found * (1 - margin))`` (at least 1) applies to both.
-
-    Trials run with the callbacks and loggers off, without validation and without OOM recovery (the module's
-    micro-batch size is cleared, so a trial measures whole batches); ``steps_per_trial`` counts optimizer steps
-    of one batch each (accumulation is 1 during trials). The size found replaces any OOM-scaled sizes a resumed
-    checkpoint brought: the micro-batch size is cleared and ``accumulate_grad_batches`` is the configured one. Fit
-    only, single process (Lightning's finder refuses distributed strategies). The effective batch is then
-    ``batch_size x --model.accumulate_grad_batches``. Lightning runs tuner callbacks before all others, so this one
-    acts before ``OOMBatchSizeScaler`` re-applies resumed sizes (it then finds none).
-
-    Lightning internals touched, as in Lightning's own finder: ``compat.reset_train_and_val_loaders`` (Lightning's private
-    ``_reset_dataloaders``: there is no public way to make the fit loop rebuild its loaders), and the fit loop's ``state_dict``/``load_state_dict``/
-    ``run``/``reset``, ``restarting``, ``epoch_loop.max_steps`` and progress counters (public names on Lightning's
-    loop classes). ``trainer.save_checkpoint`` and the private checkpoint connector are no longer used.
+    Every trial batch is the ``batch_size`` longest samples (the data module's ``probe_longest``), each trial starts
+    from the same training state (only what trials change is copied to CPU and put back: LoRA weights, optimizer,
+    scheduler, precision plugin, step state, data position, loop progress, RNG), and ``floor(found * (1 - margin))``
+    (at least 1) is kept in both modes. Trials run without callbacks, loggers, validation or OOM recovery;
+    ``steps_per_trial`` counts optimizer steps of one batch each. The size found replaces OOM-scaled sizes a resumed
+    checkpoint brought. Fit only, single process. Why Lightning's own finder is not enough: ``docs/design.md``.
 
     Args:
         mode: ``power`` doubles until a size fails and keeps the last that fit; ``binsearch`` then bisects between.

@@ -1,9 +1,7 @@
 """Recover from CUDA out-of-memory errors mid-run: halve the micro-batch, double the accumulation, keep training.
 
-``SummarizationModule`` catches the OOM inside its training step, rolls back the failed chunk's gradients, calls
-``handle_train_oom`` below and runs the same samples again in smaller chunks (see the module's docstring for why the
-effective batch, the number of optimizer steps and the LR schedule stay the same). Evaluation OOMs go to
-``handle_eval_oom`` and shrink only the evaluation batch.
+The step engine catches the OOM, rolls back the failed chunk's gradients and calls this callback through the
+``OOMHandler`` protocol (``lit_qsum.micro_batch``); what stays exact is in ``docs/design.md``.
 """
 
 import gc

@@ -1,21 +1,6 @@
 """DDP with gradients averaged once per optimizer step, so forward and backward run no collective at all.
 
-DDP all-reduces gradient buckets inside ``backward``. That ties every rank's backward passes together: a rank that
-runs out of memory and retries its batch in halves runs more backward passes than its peers, which are already
-waiting in the all-reduce, and the job hangs. So the module takes gradient sync over from DDP (LoRA gradients are
-a few tens of MB, one all-reduce per optimizer step costs well under a millisecond on NVLink):
-
-- ``local_backward`` runs each backward under DDP's ``no_sync`` (DDP's documented switch for gradient
-  accumulation; Lightning's manual optimization would otherwise prepare DDP's reducer before every
-  ``manual_backward``); DDP's forward still broadcasts buffers, but once per training step on every rank, never
-  between one rank's OOM retries (which run the model's own forward, not the wrapper's);
-- ``all_reduce_grads`` averages the trainable gradients over ranks in one flat buffer per dtype, before clipping
-  and the optimizer step; ranks then hold identical gradients and stay identical replicas, as with DDP's own sync;
-- ``agree`` all-reduces (max) a few per-step numbers every rank must share (a non-finite loss anywhere skips the
-  step everywhere; the smallest micro-batch any rank fell back to after an OOM) with one small all-reduce.
-
-``torch.distributed`` is called directly rather than through ``strategy.reduce``: Lightning puts a barrier in front
-of every reduce, an extra host-blocking collective on each optimizer step.
+Why lit-qsum takes gradient sync over from DDP (one rank's OOM retries would hang the others): ``docs/design.md``.
 """
 
 from __future__ import annotations

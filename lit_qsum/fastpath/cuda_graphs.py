@@ -1,27 +1,7 @@
 """CUDA graphs of the training step: each batch shape's forward + backward captured once, then replayed.
 
-A QLoRA step of a t5-large-shaped model launches ~12k small kernels, and issuing them from Python takes
-longer than the GPU needs to run them (issue #16's profile: the GPU busy ~145 ms of a ~810 ms step). A
-captured graph replays all of them with one host call. What a replay needs to compute the eager step:
-
-- fixed addresses: each shape gets its own input buffers (the batch is copied in), the loss weight is a
-  device scalar, and the trainable parameters' ``.grad`` tensors are allocated before the first capture
-  and from then on only zeroed in place, so the captured backward accumulates into them as an eager
-  backward does (autograd adds into an existing gradient in place);
-- no host reads inside the step: transformers reads the padding mask (``.all()``) to decide whether an
-  SDPA mask can be skipped; while capturing, the mask is always built (the same attention either way);
-- random numbers: dropout and activation checkpointing's RNG rewind use Philox offsets that a replay
-  advances as the eager ops would, so a replay draws what an eager step would from the same generator
-  state (checkpointing's rewind works under capture from torch 2.10 on);
-- one memory pool shared by all graphs (replays never overlap), so memory is that of the largest step.
-
-The first micro-batch runs eagerly (lazy initialisation: cuBLAS handles, autograd's device threads);
-each new shape is captured when it first appears, which costs about one eager step of host time. Over
-``torch.compile``d blocks (``warm_each_shape``) each shape first runs one eager step, so that compiling,
-recompiling for a new shape and Triton's autotuning happen outside the capture; it is captured the second
-time it appears. A
-capture that fails (an op that can't be captured, an OOM while capturing) turns graphs off for the run
-with one log line, and steps run eagerly as before.
+What keeps a replay equal to the eager step (fixed addresses, no host reads, Philox offsets, one memory pool) and
+what happens when a capture fails: ``docs/design.md``.
 """
 
 from __future__ import annotations
