@@ -75,7 +75,8 @@ def test_profile_yaml_matches_the_table(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("gib", "expected"),
-    [(79.1, "h100"), (139.8, "h100"), (23.7, "rtx3090"), (15.6, "rtx4080"), (11.7, "rtx4070"), (7.6, "rtx4060"), (5.8, "low-memory")],
+    [(79.1, "h100"), (139.8, "h100"), (23.7, "rtx3090"), (15.6, "rtx4080"), (11.7, "rtx4070"), (7.6, "rtx4060"),
+     (5.8, "low-memory")],
 )
 def test_auto_detection_by_card_memory(gib: float, expected: str) -> None:
     assert detect_profile(gib) == expected

@@ -74,7 +74,8 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         flat = torch.cat([p.grad.reshape(-1) for p in group])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world)
-        torch._foreach_copy_([p.grad for p in group], [v.view_as(p) for v, p in zip(flat.split([p.numel() for p in group]), group)])
+        views = [v.view_as(p) for v, p in zip(flat.split([p.numel() for p in group]), group)]
+        torch._foreach_copy_([p.grad for p in group], views)
 
 
 def _by_dtype(params: list[torch.nn.Parameter]) -> dict[torch.dtype, list[torch.nn.Parameter]]:

@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
-
-import lightning.pytorch as L
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset
 
 SEQ_LEN = 10
 BATCH_SIZE = 2

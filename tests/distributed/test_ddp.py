@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -26,6 +23,7 @@ from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.data.formats import ColumnMap, load_records
 from lit_qsum.data.synthetic import bundled_path
 from lit_qsum.module import SummarizationModule
+
 
 @pytest.fixture(scope="module")
 def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:

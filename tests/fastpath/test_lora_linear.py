@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_lora_models import load_tiny, loss_and_grads, tiny_batch
 
 from lit_qsum.fastpath.dequant import dequantize_4bit, dequantize_4bit_torch
 from lit_qsum.fastpath.lora_linear import FusedLoraLinear, fuse_lora_layers, unfuse_lora_layers
+from tiny_lora_models import load_tiny, loss_and_grads, tiny_batch
 
 bnb = pytest.importorskip("bitsandbytes")
 
