@@ -24,6 +24,8 @@ from lit_qsum.data.formats import ColumnMap, load_records
 from lit_qsum.data.synthetic import bundled_path
 from lit_qsum.module import SummarizationModule
 
+pytestmark = pytest.mark.slow  # 2-process DDP fits through the CLI: ~40 s on 2 CPU cores
+
 
 @pytest.fixture(scope="module")
 def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:

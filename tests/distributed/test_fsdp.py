@@ -15,6 +15,8 @@ import torch
 import ddp_harness as ddp
 from lit_qsum.cli import main
 
+pytestmark = pytest.mark.slow  # 2-process FSDP fits through the CLI: about a minute on 2 CPU cores
+
 FSDP = ["--config", str(ddp.HERE / "fsdp_cpu.yaml")]
 CKPT = Path("outputs") / "demo" / "checkpoints" / "step2.ckpt"
 
