@@ -177,6 +177,8 @@ def _set_line(lines: list[str], path: list[str], value: str) -> None:
 
 if __name__ == "__main__":
     configs = Path(__file__).resolve().parents[1] / "configs"
+    if not (configs / "base.yaml").is_file():
+        raise SystemExit(f"{configs / 'base.yaml'} not found: run this from a checkout (pip install -e .)")
     base_text = (configs / "base.yaml").read_text(encoding="utf-8")
     for card in PROFILES:
         (configs / f"{card}.yaml").write_text(card_config(card, base_text), encoding="utf-8")
