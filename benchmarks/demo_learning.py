@@ -39,7 +39,8 @@ def main() -> None:
 
     acc = EventAccumulator(str(events))
     acc.Reload()
-    curve = {tag: [(e.step + 1, round(e.value, 4)) for e in acc.Scalars(tag)] for tag in ("val/rougeL", "val/rouge1", "val/rouge2", "val/loss")}
+    tags = ("val/rougeL", "val/rouge1", "val/rouge2", "val/loss")
+    curve = {tag: [(e.step + 1, round(e.value, 4)) for e in acc.Scalars(tag)] for tag in tags}
     date = dt.date.today().isoformat()
     record = {
         "date": date, "wall_s": round(wall, 1), "cpu_cores": os.cpu_count(), "machine": platform.machine(),
@@ -57,7 +58,8 @@ def main() -> None:
         rows.append(f"| {step} | {curve['val/rouge1'][i][1]} | {curve['val/rouge2'][i][1]} | {rl} | {curve['val/loss'][i][1]} |")
     md = [
         "# Offline demo: does it learn, and how long does it take?", "",
-        f"- date: {date}; commit: {record['commit']}; machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}",
+        f"- date: {date}; commit: {record['commit']}; machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
+        f"no GPU, Python {platform.python_version()}",
         "- command: `lit-qsum fit --config configs/demo.yaml` (recorded by `python benchmarks/demo_learning.py`)",
         f"- wall time, process start to exit: **{wall:.0f} s**",
         "- data: bundled synthetic dialogues (2000 train, 100 held-out dev, Korean and English); tiny random-init T5 "

@@ -33,7 +33,8 @@ RESULTS = Path(os.environ.get("LIT_QSUM_RESULTS", Path(__file__).resolve().paren
 ENC, DEC = 512, 200
 # usable memory of each consumer card as PyTorch sees it: nominal GiB minus ~0.8 GiB for the CUDA
 # context, cuBLAS workspaces and a desktop session
-BUDGETS_GIB = {"h100 (80 GB)": 78.0, "rtx3090 (24 GB)": 23.0, "rtx4080 (16 GB)": 15.0, "rtx4070 (12 GB)": 11.0, "rtx4060 (8 GB)": 7.0}
+BUDGETS_GIB = {"h100 (80 GB)": 78.0, "rtx3090 (24 GB)": 23.0, "rtx4080 (16 GB)": 15.0, "rtx4070 (12 GB)": 11.0,
+               "rtx4060 (8 GB)": 7.0}
 
 
 def gib(n: float) -> float:

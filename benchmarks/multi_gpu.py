@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import lightning.pytorch as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,7 +306,8 @@ def versions() -> dict[str, str]:
 def finish_record(run: Run, args: argparse.Namespace, date: str) -> dict[str, Any]:
     record = {"shape": run.shape, "tool": "lit-qsum", "gpus": run.gpus, "strategy": run.strategy, "variant": "default",
               "speed_settings": "the configs' defaults: fused LoRA, CUDA-graph steps, fused AdamW, no compile",
-              "micro_batch": run.micro_batch, "warmup_steps": run.warmup, "encoder_tokens": ENCODER_TOKENS, "decoder_tokens": DECODER_TOKENS,
+              "micro_batch": run.micro_batch, "warmup_steps": run.warmup, "encoder_tokens": ENCODER_TOKENS,
+              "decoder_tokens": DECODER_TOKENS,
               "gradient_checkpointing": run.strategy in ("fsdp", "single"), "date": date, "versions": versions(),
               "smoke": args.smoke, **run.record}
     peaks = record.get("peak_allocated_gib_per_gpu")

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -39,7 +39,6 @@ from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
 from lit_qsum.profiles import PROFILES, apply_profile
 from lit_qsum.writable import check_logger_dirs
-
 
 # The module steps its optimizer itself (see lit_qsum.steps) and every checkpoint
 # falls on a step boundary, so Lightning's note about "pre-optimization state" does not apply.
@@ -152,7 +151,7 @@ class LitQsumCLI(LightningCLI):
         """Predictions CSV flags (``--predictions.output_path``) and the model → data links."""
         parser.add_lightning_class_args(SummaryCsvWriter, "predictions")
         parser.add_argument(
-            "--run_name", type=Optional[str], default=None,
+            "--run_name", type=Optional[str], default=None,  # noqa: UP045 (kept as --help prints it)
             help="fit: name of the new run's folder under --trainer.default_root_dir (default: the start time). "
                  "--ckpt_path last/best: the run to take the checkpoint from (default: the newest run).",
         )

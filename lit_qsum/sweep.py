@@ -262,7 +262,8 @@ def _cell(value: float | None, spec: str) -> str:
 def format_table(results: list[RankResult], metric: str) -> str:
     """The Markdown table (also readable in a terminal) and the best-rank line."""
     lines = [
-        "| rank | alpha | trainable params | peak memory (MiB) | fit time (s) | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE sum | val loss |",
+        "| rank | alpha | trainable params | peak memory (MiB) | fit time (s) "
+        "| ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE sum | val loss |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:

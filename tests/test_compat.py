@@ -102,7 +102,7 @@ def test_lora_layer_runs_one_adapter_follows_peft_switches() -> None:
 def test_sdpa_mask_skip_helpers_exist_and_answer_with_a_bool() -> None:
     module, names = compat.sdpa_mask_skip_helpers()
     assert sorted(names) == sorted(compat.SDPA_MASK_SKIP_HELPERS), "transformers renamed its SDPA mask-skip helpers"
-    helper = getattr(module, "_ignore_bidirectional_mask_sdpa")
+    helper = module._ignore_bidirectional_mask_sdpa
     assert helper(torch.ones(2, 3, dtype=torch.bool), 3) in (True, False)
 
 

@@ -1,16 +1,69 @@
-"""GPU profiles: YAMLs and --profile agree, auto-detection picks by card memory."""
+"""GPU profiles: the card YAMLs are written from configs/base.yaml and the table, resolve as before and as
+``--profile`` does; auto-detection picks by card memory."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lit_qsum.errors import UserInputError
-from lit_qsum.profiles import PROFILES, detect_profile, expand_profile_flag
+from lit_qsum.profiles import PROFILES, card_config, detect_profile, expand_profile_flag
+from lit_qsum.settings import SpeedSettings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# `lit-qsum fit --config configs/rtx4080.yaml --print_config` at 8c3df20, before the cards were written from base.yaml
+RTX4080_BEFORE = Path(__file__).resolve().parent / "fixtures" / "rtx4080-resolved-8c3df20.yaml"
+
+
+def _resolved(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> dict:
+    import sys
+
+    from lit_qsum.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lit-qsum"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["fit", *args, "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_card_yaml_is_written_from_base_and_the_table(name: str) -> None:
+    base = (CONFIGS / "base.yaml").read_text(encoding="utf-8")
+    assert (CONFIGS / f"{name}.yaml").read_text(encoding="utf-8") == card_config(name, base), (
+        f"configs/{name}.yaml is out of step with configs/base.yaml or lit_qsum/profiles.py: "
+        "run `python -m lit_qsum.profiles`")
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_card_resolves_as_before(name: str, capsys, monkeypatch) -> None:
+    """What ``--config configs/<card>.yaml`` gives: main's rtx4080 config with the card's table values. The one
+    intended change: every card now spells out the fast-path settings (``model.speed``) that only h100.yaml wrote;
+    before, ``speed: null`` meant the same defaults (``SummarizationModule`` uses ``speed or SpeedSettings()``)."""
+    card = _resolved(capsys, monkeypatch, "--config", str(CONFIGS / f"{name}.yaml"))
+    p = PROFILES[name]
+    before = yaml.safe_load(RTX4080_BEFORE.read_text(encoding="utf-8"))
+    before["model"]["speed"] = dataclasses.asdict(SpeedSettings())
+    before["trainer"]["default_root_dir"] = f"outputs/{name}"
+    before["trainer"]["precision"] = p.precision
+    before["data"]["batch_size"] = before["data"]["eval_batch_size"] = p.batch_size
+    before["model"]["accumulate_grad_batches"] = p.accumulate_grad_batches
+    before["model"]["gradient_checkpointing"] = p.gradient_checkpointing
+    if p.lora_rank is not None:
+        before["model"]["lora"].update(rank=p.lora_rank, alpha=2 * p.lora_rank)
+    assert card == before
+
+
+@pytest.mark.slow  # two CLI parses per card, ~5 s each on 2 CPU cores; the text test above already ties cards to it
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_base_with_the_profile_flag_resolves_as_the_card(name: str, capsys, monkeypatch) -> None:
+    card = _resolved(capsys, monkeypatch, "--config", str(CONFIGS / f"{name}.yaml"))
+    via_flag = _resolved(capsys, monkeypatch, "--config", str(CONFIGS / "base.yaml"), "--profile", name,
+                         "--trainer.default_root_dir", f"outputs/{name}")
+    assert card == via_flag
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -27,7 +80,8 @@ def test_profile_yaml_matches_the_table(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("gib", "expected"),
-    [(79.1, "h100"), (139.8, "h100"), (23.7, "rtx3090"), (15.6, "rtx4080"), (11.7, "rtx4070"), (7.6, "rtx4060"), (5.8, "low-memory")],
+    [(79.1, "h100"), (139.8, "h100"), (23.7, "rtx3090"), (15.6, "rtx4080"), (11.7, "rtx4070"), (7.6, "rtx4060"),
+     (5.8, "low-memory")],
 )
 def test_auto_detection_by_card_memory(gib: float, expected: str) -> None:
     assert detect_profile(gib) == expected

@@ -53,7 +53,8 @@ def tokenizer_spec(spec: ModelSpec) -> str:
     """The tokenizer to load: explicit, else the checkpoint's own."""
     name = spec.tokenizer or spec.model_name_or_path
     if not name:
-        raise UserInputError("set --model.tokenizer (a hub name, a path, or lit_qsum:demo) when building from --model.model_config")
+        raise UserInputError("set --model.tokenizer (a hub name, a path, or lit_qsum:demo) "
+                             "when building from --model.model_config")
     return name
 
 

@@ -3,14 +3,13 @@ when the card runs full, and summarise it all when fit ends."""
 
 from typing import Any, Literal
 
+import lightning.pytorch as L
 import psutil
 import torch
-from typing_extensions import override
-
-import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from typing_extensions import override
 
 from lit_qsum.callbacks.step_watch import OptimizerStepWatch, uses_cuda
 

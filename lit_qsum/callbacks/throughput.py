@@ -5,13 +5,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-from typing_extensions import override
-
 import lightning.pytorch as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from typing_extensions import override
 
 from lit_qsum.callbacks.step_watch import OptimizerStepWatch, uses_cuda
 

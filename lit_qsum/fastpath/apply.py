@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from lit_qsum import compat
-
 from lit_qsum.fastpath.attention import contiguous_position_bias
 from lit_qsum.fastpath.lora_linear import fuse_lora_layers, make_traceable
 from lit_qsum.settings import SpeedSettings

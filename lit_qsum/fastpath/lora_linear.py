@@ -167,7 +167,7 @@ def _fused_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs:
     )
 
 
-def eligible(layer: torch.nn.Module) -> str | None:
+def eligible(layer: torch.nn.Module) -> str | None:  # noqa: PLR0911 (one return per reason)
     """Why ``layer`` can't be fused, or None if it can (plain LoRA on a Linear or 4-bit Linear)."""
     base = layer.get_base_layer()
     if not (type(base) is torch.nn.Linear or _is_linear4bit(base)):
@@ -237,7 +237,8 @@ class QuantTensors(torch.nn.Module):
             self.blocksize2 = int(state.state2.blocksize)
             self.register_buffer("absmax2", state.state2.absmax, persistent=False)
             self.register_buffer("code2", state.state2.code, persistent=False)
-            self.register_buffer("offset", torch.as_tensor(state.offset, dtype=torch.float32, device=state.absmax.device).reshape(1), persistent=False)
+            offset = torch.as_tensor(state.offset, dtype=torch.float32, device=state.absmax.device).reshape(1)
+            self.register_buffer("offset", offset, persistent=False)
 
     def dequantize(self, packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         nested = (self.code2, self.absmax2, self.blocksize2, self.offset) if self.nested else None
@@ -257,7 +258,8 @@ def _traceable_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwa
     dropout = plan.dropout
     down = torch.nn.functional.linear(dropout(x), plan.lora_a.to(dtype))
     bias = None if base.bias is None else base.bias.to(dtype)
-    y = torch.nn.functional.linear(x, weight, bias) + self.scaling[plan.adapter] * torch.nn.functional.linear(down, plan.lora_b.to(dtype))
+    y = torch.nn.functional.linear(x, weight, bias)
+    y = y + self.scaling[plan.adapter] * torch.nn.functional.linear(down, plan.lora_b.to(dtype))
     return y.to(out_dtype)
 
 

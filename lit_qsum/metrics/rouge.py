@@ -66,7 +66,7 @@ def score_summary(
     refs = _reference_list(references, "references")
     pred_tokens = tokenize(prediction, tokenizer)
     if not pred_tokens:
-        warnings.warn(f"prediction tokenizes to nothing with the {tokenizer!r} tokenizer; it scores 0")
+        warnings.warn(f"prediction tokenizes to nothing with the {tokenizer!r} tokenizer; it scores 0", stacklevel=1)
     return _score_tokens(pred_tokens, [tokenize(ref, tokenizer) for ref in refs], multi_ref)
 
 
@@ -122,7 +122,8 @@ class SummaryRouge(Metric):
             # Plain warnings, not rank_zero_warn: each rank scores different examples.
             warnings.warn(
                 f"{num_empty} of {len(preds)} predictions tokenize to nothing with the {self.tokenizer!r} "
-                "tokenizer; they score 0"
+                "tokenizer; they score 0",
+                stacklevel=1,
             )
         for key in ROUGE_KEYS:
             state = getattr(self, f"{key}_sum")

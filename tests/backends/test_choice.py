@@ -22,7 +22,8 @@ def facts(**changes) -> EnvFacts:
 
 
 def decide(requested="auto", f=GPU_BOX, model_type="llama", enc_dec=False, device="cuda", devices=1):
-    return choose_backend(requested, f, model_type=model_type, is_encoder_decoder=enc_dec, device_type=device, num_devices=devices)
+    return choose_backend(requested, f, model_type=model_type, is_encoder_decoder=enc_dec, device_type=device,
+                          num_devices=devices)
 
 
 def test_auto_picks_unsloth_for_llama_on_a_capable_gpu():

@@ -15,7 +15,8 @@ TINY = {
     "t5": {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 1,
            "num_decoder_layers": 1, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0},
     "bart": {"model_type": "bart", "d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 4,
-             "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "max_position_embeddings": 128, "dropout": 0.0},
+             "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "max_position_embeddings": 128,
+             "dropout": 0.0},
     "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256},
 }
@@ -47,7 +48,7 @@ def test_qlora_quantizes_base_trains_only_lora_and_loss_falls(kind: str) -> None
     four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert four_bit, "no 4-bit layers"
     assert all(m.weight.quant_state.quant_type == "nf4" for m in four_bit)
-    assert all(getattr(m.weight, "quant_state").nested for m in four_bit)  # double quantization
+    assert all(m.weight.quant_state.nested for m in four_bit)  # double quantization
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -65,7 +66,7 @@ def test_qlora_quantizes_base_trains_only_lora_and_loss_falls(kind: str) -> None
 
 @needs_bnb
 def test_qlora_adapter_saves_and_reloads_to_same_outputs(tmp_path) -> None:
-    from peft import PeftModel, set_peft_model_state_dict
+    from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM, BitsAndBytesConfig
 
     loaded = build("t5", dropout=0.0)
@@ -163,7 +164,7 @@ def test_cpu_qlora_keeps_the_trainable_4bit_layout_through_eval() -> None:
 def test_random_init_is_saved_whole_on_a_process_that_is_not_rank_zero(tmp_path, monkeypatch) -> None:
     # transformers 5's save_pretrained writes no config or weights on a torch.distributed rank other than 0; any DDP
     # rank may be the one that builds the cached random-init model, and the others then load what it wrote
-    import transformers.distributed.mixin as mixin  # noqa: PLC0415
+    from transformers.distributed import mixin  # noqa: PLC0415
 
     from lit_qsum.backends import hf  # noqa: PLC0415
     from lit_qsum.data.tokenizer import load_tokenizer  # noqa: PLC0415

@@ -73,6 +73,7 @@ def test_smoke_records(smoke: tuple[list[dict[str, Any]], Path, str]) -> None:
     assert "| lit-qsum | default |" in stdout  # the table is printed, for a GPU tool that returns the output's tail
 
 
+@pytest.mark.slow  # two harness runs: ~7 s on 2 CPU cores
 def test_existing_results_are_not_overwritten(tmp_path: Path) -> None:
     existing = tmp_path / f"{today()}-seq2seq-qlora-speed-smoke.json"
     existing.write_text("[]")

@@ -8,11 +8,11 @@ import json
 import sys
 from pathlib import Path
 
+import lightning.pytorch as L
 import torch
 import torch.distributed as dist
-
-import lightning.pytorch as L
 from lightning.pytorch.loggers import CSVLogger
+
 from conftest import DictBoringModel
 from lit_qsum.callbacks import CudaMemoryMonitor, SummarizationThroughput
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a 2-process DDP fit: ~15 s on 2 CPU cores
+
 HERE = Path(__file__).parent
 GIB = 1024**3
 

@@ -1,10 +1,10 @@
 import sys
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
 import torch
 
-import lightning.pytorch as L
 from lit_qsum.callbacks import CudaMemoryMonitor
 
 GIB = 1024**3
@@ -48,8 +48,8 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
             fake.empty_cache_calls += 1
 
     monkeypatch.setattr(sys.modules[CudaMemoryMonitor.__module__], "uses_cuda", uses_cuda)
-    monkeypatch.setattr(CudaMemoryMonitor, "_read_cuda_stats", lambda self, device: fake.stats(self, device))
-    monkeypatch.setattr(CudaMemoryMonitor, "_read_cuda_free", lambda self, device: fake.free(self, device))
+    monkeypatch.setattr(CudaMemoryMonitor, "_read_cuda_stats", lambda self, device: fake.stats(self, device))  # noqa: PLW0108
+    monkeypatch.setattr(CudaMemoryMonitor, "_read_cuda_free", lambda self, device: fake.free(self, device))  # noqa: PLW0108
     monkeypatch.setattr(CudaMemoryMonitor, "_read_host_rss", lambda self: 3 * GIB)
     monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
     return fake

@@ -4,6 +4,7 @@ as DDP does, since it shards only the frozen base and the adapter is synced by t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import test_ddp as ddp
+import ddp_harness as ddp
 from lit_qsum.cli import main
+
+pytestmark = pytest.mark.slow  # 2-process FSDP fits through the CLI: about a minute on 2 CPU cores
 
 FSDP = ["--config", str(ddp.HERE / "fsdp_cpu.yaml")]
 CKPT = Path("outputs") / "demo" / "checkpoints" / "step2.ckpt"
@@ -78,7 +81,7 @@ def test_fsdp_shards_4bit_weights_and_refuses_uint8_storage(tmp_path: Path) -> N
     assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
 
     (tmp_path / "uint8").mkdir()
-    env = {**ddp.os.environ, "PYTHONPATH": str(ddp.REPO)}
+    env = {**os.environ, "PYTHONPATH": str(ddp.REPO)}
     done = subprocess.run([sys.executable, str(ddp.HERE / "run_cli.py"), "fit", *ddp.CONFIG, *FSDP, *qlora],
                           cwd=tmp_path / "uint8", env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2

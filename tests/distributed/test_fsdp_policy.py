@@ -33,7 +33,8 @@ def wrapped(model: nn.Module, policy) -> list[str]:
     return sorted(name for name, m in model.named_modules() if policy(m, recurse=False, nonwrapped_numel=0))
 
 
-@pytest.mark.parametrize(("kind", "block", "count"), [("t5", "T5Block", 4), ("bart", "Bart", 2), ("llama", "LlamaDecoderLayer", 2)])
+@pytest.mark.parametrize(("kind", "block", "count"),
+                         [("t5", "T5Block", 4), ("bart", "Bart", 2), ("llama", "LlamaDecoderLayer", 2)])
 def test_policy_wraps_the_blocks_the_model_declares(kind: str, block: str, count: int) -> None:
     model = frozen_model(kind)
     names = wrapped(model, qlora_auto_wrap_policy(model))

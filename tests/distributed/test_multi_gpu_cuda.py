@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import test_ddp as ddp
+import ddp_harness as ddp
 
 pytestmark = [
     pytest.mark.gpu,

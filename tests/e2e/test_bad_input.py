@@ -9,6 +9,8 @@ import pytest
 
 from cli_runner import run_cli
 
+pytestmark = pytest.mark.slow  # each test runs the CLI up to its error: ~80 s in all on 2 CPU cores
+
 DEMO = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
 
 

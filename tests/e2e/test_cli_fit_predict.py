@@ -13,6 +13,8 @@ import torch
 
 from lit_qsum.cli import main
 
+pytestmark = pytest.mark.slow  # CLI fits and predictions: ~30 s in all on 2 CPU cores
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = str(REPO / "configs" / "demo.yaml")
 

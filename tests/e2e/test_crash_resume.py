@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 from crash_points import Killed
 from lit_qsum.cli import main
 
+pytestmark = pytest.mark.slow  # killed and resumed CLI fits: ~50 s on 2 CPU cores
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ARGS = ["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--config", str(HERE / "crash_resume.yaml")]

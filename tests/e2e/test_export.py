@@ -19,6 +19,8 @@ from lit_qsum.cli import main
 from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.module import SummarizationModule, decode_summaries
 
+pytestmark = pytest.mark.slow  # CLI fits and exports: ~20 s in all on 2 CPU cores
+
 DEMO = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
 MAX_NEW = 12
 

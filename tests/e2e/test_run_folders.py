@@ -19,6 +19,8 @@ import torch
 
 from lit_qsum.cli import main
 
+pytestmark = pytest.mark.slow  # CLI fits and resumes: ~30 s in all on 2 CPU cores
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = str(REPO / "configs" / "demo.yaml")
 SHORT = ["--trainer.max_steps", "3", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",

@@ -5,22 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_qsum.backends.loader import ModelSpec, load_model
 from lit_qsum.fastpath.dequant import dequantize_4bit, dequantize_4bit_torch
 from lit_qsum.fastpath.lora_linear import FusedLoraLinear, fuse_lora_layers, unfuse_lora_layers
-from lit_qsum.settings import LoraSettings, QuantizationSettings
+from tiny_lora_models import load_tiny, loss_and_grads, tiny_batch
 
 bnb = pytest.importorskip("bitsandbytes")
-
-TINY = {
-    "t5": {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2,
-           "num_decoder_layers": 2, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
-    "bart": {"model_type": "bart", "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-             "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
-             "decoder_ffn_dim": 128, "max_position_embeddings": 128},
-    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128},
-}
 
 
 def _quantized(out_features: int, in_features: int, quant_type: str, nested: bool) -> tuple[torch.Tensor, object, torch.Tensor]:
@@ -42,41 +31,6 @@ def test_torch_dequantize_matches_bitsandbytes_bit_for_bit(quant_type: str, nest
     assert (reference - weight).abs().max() < 0.6 * weight.abs().max()
 
 
-def _loaded(arch: str, backend: str, checkpointing: bool, dropout: float):
-    spec = ModelSpec(
-        model_config=TINY[arch], tokenizer="lit_qsum:demo", backend=backend,
-        lora=LoraSettings(rank=8, alpha=16, dropout=dropout), quantization=QuantizationSettings(),
-        gradient_checkpointing=checkpointing, init_seed=3,
-    )
-    loaded = load_model(spec, device=torch.device("cpu"))
-    model = loaded.model.train()
-    torch.manual_seed(11)
-    with torch.no_grad():  # peft starts B at zero, which would make every A gradient zero: test a trained state
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
-    return loaded, model
-
-
-def _batch(arch: str, vocab: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(5)
-    ids = torch.randint(5, vocab, (3, 12), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
-    labels = torch.randint(5, vocab, (3, 7), generator=gen) if arch != "llama" else ids.clone()
-    labels[2, 5:] = -100
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def _loss_and_grads(model: torch.nn.Module, batch: dict, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    loss = model(**batch).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return loss.detach(), grads
-
-
 @pytest.mark.parametrize(
     ("arch", "backend", "checkpointing", "dropout"),
     [
@@ -88,9 +42,9 @@ def _loss_and_grads(model: torch.nn.Module, batch: dict, seed: int) -> tuple[tor
     ],
 )
 def test_fused_layers_give_peft_loss_and_lora_gradients(arch: str, backend: str, checkpointing: bool, dropout: float) -> None:
-    loaded, model = _loaded(arch, backend, checkpointing, dropout)
-    batch = _batch(arch, model.config.vocab_size)
-    loss_ref, grads_ref = _loss_and_grads(model, batch, seed=7)
+    loaded, model = load_tiny(arch, backend, checkpointing, dropout)
+    batch = tiny_batch(arch, model.config.vocab_size)
+    loss_ref, grads_ref = loss_and_grads(model, batch, seed=7)
 
     fused, skipped = fuse_lora_layers(model, keep_weight=checkpointing)
     assert fused > 0 and not skipped
@@ -98,7 +52,7 @@ def test_fused_layers_give_peft_loss_and_lora_gradients(arch: str, backend: str,
     original_apply = FusedLoraLinear.apply
     FusedLoraLinear.apply = lambda *a: calls.append(1) or original_apply(*a)  # the fused op really runs
     try:
-        loss, grads = _loss_and_grads(model, batch, seed=7)
+        loss, grads = loss_and_grads(model, batch, seed=7)
     finally:
         FusedLoraLinear.apply = original_apply
     assert len(calls) >= fused
@@ -110,17 +64,17 @@ def test_fused_layers_give_peft_loss_and_lora_gradients(arch: str, backend: str,
         torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
     assert unfuse_lora_layers(model) == fused
-    loss_back, _ = _loss_and_grads(model, batch, seed=7)
+    loss_back, _ = loss_and_grads(model, batch, seed=7)
     torch.testing.assert_close(loss_back, loss_ref)
 
 
 def test_fused_layers_in_bf16_autocast_stay_within_bf16_tolerance() -> None:
-    _, model = _loaded("t5", "qlora", True, 0.0)
-    batch = _batch("t5", model.config.vocab_size)
+    _, model = load_tiny("t5", "qlora", True, 0.0)
+    batch = tiny_batch("t5", model.config.vocab_size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss_ref, grads_ref = _loss_and_grads(model, batch, seed=1)
+        loss_ref, grads_ref = loss_and_grads(model, batch, seed=1)
         fuse_lora_layers(model, keep_weight=True)
-        loss, grads = _loss_and_grads(model, batch, seed=1)
+        loss, grads = loss_and_grads(model, batch, seed=1)
     torch.testing.assert_close(loss, loss_ref, rtol=2e-2, atol=2e-2)
     for name in grads:
         ref = grads_ref[name].float()
@@ -129,9 +83,9 @@ def test_fused_layers_in_bf16_autocast_stay_within_bf16_tolerance() -> None:
 
 
 def test_disabled_or_merged_adapters_fall_back_to_peft() -> None:
-    _, model = _loaded("t5", "lora", False, 0.0)
+    _, model = load_tiny("t5", "lora", False, 0.0)
     model.eval()
-    batch = _batch("t5", model.config.vocab_size)
+    batch = tiny_batch("t5", model.config.vocab_size)
     with torch.no_grad():
         with model.disable_adapter():
             base = model(**batch).loss
@@ -159,9 +113,9 @@ def test_fast_forwards_follow_merge_unmerge_and_a_switched_adapter(traceable: bo
 
     from lit_qsum.fastpath.lora_linear import make_traceable
 
-    _, model = _loaded("t5", "qlora", False, 0.0)
+    _, model = load_tiny("t5", "qlora", False, 0.0)
     model.eval()
-    batch = _batch("t5", model.config.vocab_size)
+    batch = tiny_batch("t5", model.config.vocab_size)
     fuse_lora_layers(model, keep_weight=False)
     if traceable:
         make_traceable(model)
@@ -180,12 +134,12 @@ def test_traceable_layers_give_peft_loss_and_lora_gradients(arch: str, backend: 
     """The plain-ops forward that torch.compile traces (quantization constants as buffers), run eagerly."""
     from lit_qsum.fastpath.lora_linear import make_traceable
 
-    _, model = _loaded(arch, backend, True, 0.0)
-    batch = _batch(arch, model.config.vocab_size)
-    loss_ref, grads_ref = _loss_and_grads(model, batch, seed=2)
+    _, model = load_tiny(arch, backend, True, 0.0)
+    batch = tiny_batch(arch, model.config.vocab_size)
+    loss_ref, grads_ref = loss_and_grads(model, batch, seed=2)
     fused, _ = fuse_lora_layers(model, keep_weight=True)
     assert make_traceable(model) == fused
-    loss, grads = _loss_and_grads(model, batch, seed=2)
+    loss, grads = loss_and_grads(model, batch, seed=2)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     for name in grads:
         torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-6, msg=name)
