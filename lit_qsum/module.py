@@ -20,21 +20,22 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lit_qsum import checkpoint_contents
 from lit_qsum.backends.choice import BackendRequest
 from lit_qsum.backends.hf import T5_FAMILY, config_for, task_of
 from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
-from lit_qsum import checkpoint_contents
 from lit_qsum.cpu_threads import set_cpu_threads
 from lit_qsum.distributed import fsdp, grad_sync
-from lit_qsum.lr_schedule import LRDecay, WarmupDecayLR
 from lit_qsum.errors import UserInputError
-from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
-from lit_qsum.metrics.tokenizers import check_tokenizer
 from lit_qsum.fastpath import apply_speedups, cuda_graphs, restore_speedups
 from lit_qsum.fastpath.chunked_loss import causal_lm_loss, plain_head_causal_lm
 from lit_qsum.fastpath.optimizer import prefer_fused_adam
+from lit_qsum.lr_schedule import LRDecay, WarmupDecayLR
+from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
+from lit_qsum.metrics.tokenizers import check_tokenizer
 from lit_qsum.settings import GenerationSettings, LoraSettings, QuantizationSettings, SpeedSettings
 from lit_qsum.steps import StepEngine, token_shares
+
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)

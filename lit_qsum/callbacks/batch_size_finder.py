@@ -5,21 +5,20 @@ import math
 from copy import deepcopy
 from typing import Any
 
-import torch
-from lightning_utilities.core.apply_func import apply_to_collection
-from typing_extensions import override
-
 import lightning.pytorch as L
+import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import BatchSizeFinder
 from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities.memory import garbage_collection_cuda, is_oom_error
 from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_setattr
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning_utilities.core.apply_func import apply_to_collection
+from typing_extensions import override
+
 from lit_qsum import compat
 from lit_qsum.errors import UserInputError
 from lit_qsum.micro_batch import micro_batch_state
-
 
 
 class LongestBatchSizeFinder(BatchSizeFinder):

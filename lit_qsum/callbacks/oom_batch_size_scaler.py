@@ -9,14 +9,14 @@ import math
 import traceback
 from typing import Any
 
-import torch
-from typing_extensions import override
-
 import lightning.pytorch as L
+import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from typing_extensions import override
+
 from lit_qsum import compat
 from lit_qsum.errors import UserInputError
 from lit_qsum.micro_batch import MicroBatchState, micro_batch_state
@@ -270,8 +270,7 @@ class OOMBatchSizeScaler(Callback):
             return
         mine = torch.tensor(float(datamodule.eval_batch_size), device=trainer.strategy.root_device)
         smallest = int(trainer.strategy.reduce(mine, reduce_op="min"))
-        if smallest < datamodule.eval_batch_size:
-            datamodule.eval_batch_size = smallest
+        datamodule.eval_batch_size = min(datamodule.eval_batch_size, smallest)
         self.eval_batch_size = datamodule.eval_batch_size
 
     def _apply_eval_batch_size(self, datamodule: Any) -> None:

@@ -5,9 +5,9 @@ from typing import Any
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from typing_extensions import override
 
 from lit_qsum import compat
-from typing_extensions import override
 
 
 class TensorBoardSummaries(Callback):

@@ -17,15 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 SEQ_LEN = 10
 BATCH_SIZE = 2
 
-# Real fits through the Trainer or the CLI, ~25-50 s per file on 2 CPU cores. Marked here rather than with a
-# `pytestmark` line in each file only while another branch rewrites those files; move the mark there after it lands.
-SLOW_FILES = ("test_oom_batch_size_scaler.py", "test_batch_size_finder.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in SLOW_FILES and item.path.parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.slow)
 
 
 class PaddedDialogues(Dataset):

@@ -13,6 +13,8 @@ from conftest import FakeMemory, padded_tokens
 from lit_qsum.callbacks import LongestBatchSizeFinder, OOMBatchSizeScaler
 from lit_qsum.errors import UserInputError
 
+pytestmark = pytest.mark.slow  # real fits through the Trainer, ~25-50 s per file on 2 CPU cores
+
 N = 64  # training samples
 BUDGET = 3000  # padded input + label tokens a training batch may hold
 
@@ -121,7 +123,8 @@ def test_finds_the_size_of_the_longest_batch_keeps_a_margin_and_restores_state(
     assert {len(idx) for idx in trained[:-1]} == {final}
     assert trainer.global_step == math.ceil(N / final) and scaler.recoveries == 0
     # the LR schedule spans the run at the size found (it was sized for batches of 4 before the finder ran)
-    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == trainer.global_step and trainer.optimizers[0].param_groups[0]["lr"] == 0.0
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == trainer.global_step
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0
 
 
 def test_no_size_fits_says_what_to_change(make_summarizer, make_summary_data, summary_trainer):

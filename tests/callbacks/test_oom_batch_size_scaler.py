@@ -7,14 +7,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from conftest import FakeMemory
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+
+from conftest import FakeMemory
 from lit_qsum.callbacks import OOMBatchSizeScaler
 from lit_qsum.errors import UserInputError
 from lit_qsum.micro_batch import MicroBatchState
+
+pytestmark = pytest.mark.slow  # real fits through the Trainer, ~25-50 s per file on 2 CPU cores
 
 REPO = Path(__file__).resolve().parents[2]
 N = 32  # training samples
@@ -39,9 +41,9 @@ def test_training_goes_on_with_the_same_steps_and_samples(
     accumulate, budget, fail_calls, make_summarizer, make_summary_data, summary_trainer, read_logged, tmp_path
 ):
     runs = {}
-    for name, budget, fails in [("baseline", float("inf"), ()), ("oom", budget, fail_calls)]:
+    for name, run_budget, fails in [("baseline", float("inf"), ()), ("oom", budget, fail_calls)]:
         module, data = make_summarizer(accumulate_grad_batches=accumulate), make_summary_data(batch_size=4)
-        memory = FakeMemory(module, train_budget=budget, fail_calls=fails)
+        memory = FakeMemory(module, train_budget=run_budget, fail_calls=fails)
         scaler = OOMBatchSizeScaler()
         logger = CSVLogger(tmp_path, name=name)
         trainer = summary_trainer([scaler], max_epochs=2, logger=logger, log_every_n_steps=1)

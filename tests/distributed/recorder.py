@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import lightning.pytorch as L
+import torch
 from lightning.pytorch.callbacks import Callback
+
 from lit_qsum.micro_batch import find_oom_handler
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from lit_qsum.data.datamodule import SummarizationDataModule
-from lit_qsum.distributed import grad_sync
 from lit_qsum.fastpath import cuda_graphs
 from lit_qsum.fastpath.attention import contiguous_position_bias
 from lit_qsum.fastpath.cuda_graphs import StepGraphs, _Captured, always_build_sdpa_masks, unsupported_reason
