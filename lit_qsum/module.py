@@ -23,7 +23,7 @@ from typing_extensions import override
 from lit_qsum import checkpoint_contents
 from lit_qsum.backends.choice import BackendRequest
 from lit_qsum.backends.hf import T5_FAMILY, config_for, task_of
-from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model
+from lit_qsum.backends.loader import LoadedModel, ModelSpec, load_model, tokenizer_spec
 from lit_qsum.cpu_threads import set_cpu_threads
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
@@ -177,7 +177,8 @@ class SummarizationModule(L.LightningModule):
             line = set_cpu_threads()
             if line:
                 rank_zero_info(line)
-        self.loaded = load_model(self.spec, device=device, num_devices=trainer.world_size)
+        self.loaded = load_model(self.spec, device=device, num_devices=trainer.world_size,
+                                 tokenizer=self._data_tokenizer(trainer))
         self.model = self.loaded.model
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found
         if self.loaded.decision.backend in ("qlora", "lora"):
@@ -216,6 +217,25 @@ class SummarizationModule(L.LightningModule):
                 f"--trainer.precision {precision}: T5-family models overflow in float16 (NaN losses). "
                 "Use bf16-mixed on GPUs that support it (Ampere or newer), else 32-true."
             )
+
+    def _data_tokenizer(self, trainer: L.Trainer) -> Any:
+        """The data module's tokenizer, loaded once for both (None when there is no SummarizationDataModule).
+
+        Raises:
+            UserInputError: the data module tokenizes with another tokenizer than the model's (token ids would not
+                match the embeddings).
+        """
+        datamodule = getattr(trainer, "datamodule", None)
+        data_spec = getattr(datamodule, "tokenizer_spec", None)
+        if data_spec is None:
+            return None
+        model_spec = tokenizer_spec(self.spec)
+        if data_spec != model_spec:
+            raise UserInputError(
+                f"--data.tokenizer {data_spec!r} is not the model's tokenizer {model_spec!r}: the token ids would not "
+                "match the model's embeddings. Leave --data.tokenizer unset (the CLI links it to the model's)"
+            )
+        return datamodule.tokenizer
 
     def resolve_task(self) -> str:
         """seq2seq or causal, read from the config alone (cheap: no weights), so the data module can tokenize."""

@@ -16,6 +16,7 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lit_qsum.data.collate import count_tokens
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.fastpath.cuda_graphs import StepGraphs
@@ -37,10 +38,7 @@ def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
     for start in range(0, n, size):
         chunk = {k: v[start : start + size] if along_batch(v) else v for k, v in batch.items()}
         if "num_tokens" in batch and "attention_mask" in chunk:
-            tokens = chunk["attention_mask"].sum()
-            if "labels" in chunk and "prompt_input_ids" not in chunk:  # seq2seq: summary tokens count too
-                tokens = tokens + (chunk["labels"] != -100).sum()
-            chunk["num_tokens"] = tokens
+            chunk["num_tokens"] = count_tokens(chunk)
         chunks.append(chunk)
     return chunks
 

@@ -19,3 +19,19 @@ def test_validation_logs_num_logged_examples_not_a_whole_batch(monkeypatch: pyte
     module._eval_step(batch, 0, "val", module.val_rouge)
     module._eval_step(batch, 1, "val", module.val_rouge)
     assert module.val_examples == [(f"dialogue {i}", f"reference {i}", f"prediction {i}") for i in range(4)]
+
+
+def test_model_and_data_share_one_tokenizer_and_refuse_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup hands the data module's tokenizer to the model loader (loaded once); a different one is an error."""
+    from types import SimpleNamespace
+
+    from lit_qsum.data.datamodule import SummarizationDataModule
+    from lit_qsum.errors import UserInputError
+
+    module = SummarizationModule(model_config={"model_type": "t5"}, tokenizer="lit_qsum:demo")
+    data = SummarizationDataModule(tokenizer="lit_qsum:demo")
+    assert module._data_tokenizer(SimpleNamespace(datamodule=data)) is data.tokenizer
+    assert module._data_tokenizer(SimpleNamespace(datamodule=None)) is None
+    other = SummarizationDataModule(tokenizer="gpt2")
+    with pytest.raises(UserInputError, match="--data.tokenizer 'gpt2' is not the model's tokenizer 'lit_qsum:demo'"):
+        module._data_tokenizer(SimpleNamespace(datamodule=other))

@@ -72,10 +72,18 @@ def resolve_checkpoint(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, devi
 
 
 def load_model(
-    spec: ModelSpec, *, device: torch.device, num_devices: int = 1, facts: EnvFacts | None = None
+    spec: ModelSpec,
+    *,
+    device: torch.device,
+    num_devices: int = 1,
+    facts: EnvFacts | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> LoadedModel:
-    """Probe, choose the backend, load the base (4-bit where chosen) and add LoRA."""
-    tokenizer = load_tokenizer(tokenizer_spec(spec))
+    """Probe, choose the backend, load the base (4-bit where chosen) and add LoRA.
+
+    ``tokenizer``: the one already loaded for ``tokenizer_spec(spec)`` (the data module's), else it is loaded here.
+    """
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_spec(spec))
     path, config = resolve_checkpoint(spec, tokenizer, device)
     task = hf.task_of(config)
     facts = facts or probe_environment(device.type)

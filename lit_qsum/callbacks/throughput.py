@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
 from lit_qsum.callbacks.step_watch import OptimizerStepWatch, uses_cuda
+from lit_qsum.data.collate import count_tokens
 
 # Why not Lightning's ThroughputMonitor: it can count non-pad tokens (`length_fn=lambda b: int(b["num_tokens"])`), so
 # padding is not the problem. It does not fit because it calls torch.cuda.synchronize() after every train batch (and
@@ -165,7 +166,4 @@ def _count_tokens(batch: Any) -> torch.Tensor:
         return torch.as_tensor(batch["num_tokens"]).detach()
     if "attention_mask" not in batch:
         raise ValueError("SummarizationThroughput needs `num_tokens` or `attention_mask` in the batch")
-    tokens = batch["attention_mask"].sum()
-    if "labels" in batch:
-        tokens = tokens + (batch["labels"] != -100).sum()
-    return tokens.detach()
+    return count_tokens(batch).detach()

@@ -45,6 +45,21 @@ def pad(sequences: Sequence[Sequence[int]], value: int, multiple: int, left: boo
     return ids, mask
 
 
+def count_tokens(batch: dict[str, Any]) -> Tensor:
+    """The non-pad tokens a batch trains on (``num_tokens``, what throughput counts), as a device-side tensor.
+
+    Seq2seq: input tokens plus label tokens. Causal (a batch with ``prompt_input_ids``): the prompt + summary rows,
+    or the prompts alone when the batch has no rows (predict).
+    """
+    if "prompt_input_ids" in batch:
+        mask = batch["attention_mask"] if "attention_mask" in batch else batch["prompt_attention_mask"]
+        return mask.sum()
+    tokens = batch["attention_mask"].sum()
+    if "labels" in batch:
+        tokens = tokens + (batch["labels"] != IGNORE_INDEX).sum()
+    return tokens
+
+
 class Seq2SeqCollator:
     """Right-pads ``input_ids`` and ``labels`` (-100 on padding); ``labels`` may be absent (predict)."""
 
@@ -56,16 +71,14 @@ class Seq2SeqCollator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         input_ids, attention_mask = pad([f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        num_tokens = attention_mask.sum()
         with_labels = ["labels" in f for f in features]
         if any(with_labels):
             if not all(with_labels):
                 raise ValueError("either every feature in a batch has 'labels' or none has")
             labels, _ = pad([f["labels"] for f in features], IGNORE_INDEX, self.pad_to_multiple_of)
             batch["labels"] = labels
-            num_tokens = num_tokens + (labels != IGNORE_INDEX).sum()
         batch["index"] = torch.as_tensor([f["index"] for f in features], dtype=torch.long)
-        batch["num_tokens"] = num_tokens
+        batch["num_tokens"] = count_tokens(batch)
         return batch
 
 
@@ -87,7 +100,6 @@ class CausalCollator:
         prompts = [f["prompt_ids"] for f in features]
         prompt_ids, prompt_mask = pad(prompts, self.pad_token_id, self.pad_to_multiple_of, left=True)
         batch = {"prompt_input_ids": prompt_ids, "prompt_attention_mask": prompt_mask}
-        num_tokens = prompt_mask.sum()
         with_targets = ["target_ids" in f for f in features]
         if any(with_targets):
             if not all(with_targets):
@@ -97,9 +109,8 @@ class CausalCollator:
             label_rows = [[IGNORE_INDEX] * len(f["prompt_ids"]) + list(f["target_ids"]) for f in features]
             labels, _ = pad(label_rows, IGNORE_INDEX, self.pad_to_multiple_of)
             batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-            num_tokens = attention_mask.sum()
         batch["index"] = torch.as_tensor([f["index"] for f in features], dtype=torch.long)
-        batch["num_tokens"] = num_tokens
+        batch["num_tokens"] = count_tokens(batch)
         return batch
 
 

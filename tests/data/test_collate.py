@@ -64,3 +64,19 @@ def test_mixed_labels_and_bad_arguments_are_refused():
         Seq2SeqCollator(0)([{"input_ids": [1], "labels": [1], "index": 0}, {"input_ids": [1], "index": 1}])
     with pytest.raises(ValueError, match="--data.pad_to_multiple_of"):
         CausalCollator(0, pad_to_multiple_of=0)
+
+
+def test_num_tokens_counts_what_each_task_trains_on_and_chunks_recount_it():
+    from lit_qsum.steps import split_batch
+
+    seq2seq = Seq2SeqCollator(pad_token_id=0, pad_to_multiple_of=1)(
+        [{"input_ids": [5, 6, 7], "labels": [8, 9], "index": 0}, {"input_ids": [5], "labels": [8], "index": 1}])
+    assert int(seq2seq["num_tokens"]) == (3 + 1) + (2 + 1)  # inputs + label tokens
+    causal = CausalCollator(pad_token_id=0, pad_to_multiple_of=1)(
+        [{"prompt_ids": [5, 6], "target_ids": [7], "index": 0}, {"prompt_ids": [5], "target_ids": [7, 8], "index": 1}])
+    assert int(causal["num_tokens"]) == 3 + 3  # prompt + summary rows
+    predict = CausalCollator(pad_token_id=0, pad_to_multiple_of=1)([{"prompt_ids": [5, 6], "index": 0}])
+    assert int(predict["num_tokens"]) == 2  # prompts alone
+    for batch in (seq2seq, causal):
+        parts = split_batch(batch, 1)
+        assert sum(int(p["num_tokens"]) for p in parts) == int(batch["num_tokens"])
