@@ -215,8 +215,8 @@ class LitQsumCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Where the command writes: fit into a run folder of its own (locked), the others next to their checkpoint.
 
-        validate/test/predict print their scores and write no logs (they used to leave an empty ``version_N`` per
-        call). fit's logs go to ``<run>/tensorboard`` without a version folder, so a resume continues its run's log.
+        validate/test/predict print their scores and write no logs (no empty ``version_N`` folder per call). fit's logs
+        go to ``<run>/tensorboard`` without a version folder, so a resume continues its run's log.
         """
         subcommand = self.config.get("subcommand")
         # values Lightning or torch would reject only mid-run, with a traceback (lit_qsum.config_checks)
