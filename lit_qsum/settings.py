@@ -117,4 +117,5 @@ class SpeedSettings:
     """Under bf16 precision, store the frozen layers transformers keeps in float32 (T5's ``wo``) in bf16: the same
     results (autocast runs them in bf16), half their memory, no per-call casts."""
     contiguous_attention_bias: bool = True
-    """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel."""
+    """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel, and (under
+    checkpointing) build the zero bias of layers without one as a constant, not a tensor that requires grad."""

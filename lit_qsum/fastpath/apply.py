@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lit_qsum import compat
-from lit_qsum.fastpath.attention import contiguous_position_bias
+from lit_qsum.fastpath.attention import constant_zero_bias, contiguous_position_bias
 from lit_qsum.fastpath.lora_linear import fuse_lora_layers, make_traceable
 from lit_qsum.settings import SpeedSettings
 
@@ -40,6 +40,8 @@ def apply_speedups(
                       "stored in bf16 (bf16 autocast computes them in bf16 anyway)")
     if speed.contiguous_attention_bias and (biased := contiguous_position_bias(model)):
         report.append(f"fast path: {biased} T5 position biases laid out contiguously (fused SDPA attention)")
+    if speed.contiguous_attention_bias and gradient_checkpointing and (zeros := constant_zero_bias(model)):
+        report.append(f"fast path: {zeros} T5 attention layers without a bias of their own use a constant zero bias")
     if speed.compile and device.type != "cuda":
         report.append("fast path: speed.compile skipped: it pays on CUDA GPUs only (a CPU compile takes minutes)")
     elif speed.compile:

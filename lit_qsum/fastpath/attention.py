@@ -42,3 +42,21 @@ def _contiguous(compute_bias: Callable[..., torch.Tensor]) -> Callable[..., torc
         return compute_bias(self, *args, **kwargs).contiguous()
 
     return call
+
+
+def constant_zero_bias(model: torch.nn.Module) -> int:
+    """T5 attention layers without a position bias of their own: build their zero bias as a constant; returns how many.
+
+    Under gradient checkpointing transformers marks that zero tensor ``requires_grad`` (the old reentrant checkpoint
+    needed an input that requires grad). lit-qsum checkpoints non-reentrantly, so the mark only adds a gradient of a
+    constant to every backward, keeps SDPA on a kernel that can return a mask gradient, and under ``torch.compile``
+    breaks the graph in every such block. Loss and parameter gradients are the same to rounding (SDPA may then take
+    another kernel). Checkpointing itself is set on the blocks, not on these attention modules.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "has_relative_attention_bias", True) or not getattr(module, "gradient_checkpointing", False):
+            continue
+        module.gradient_checkpointing = False
+        changed += 1
+    return changed
