@@ -30,6 +30,7 @@ from lit_qsum.errors import UserInputError
 from lit_qsum.fastpath import apply_speedups, cuda_graphs, restore_speedups
 from lit_qsum.fastpath.chunked_loss import causal_lm_loss, plain_head_causal_lm
 from lit_qsum.fastpath.optimizer import prefer_fused_adam
+from lit_qsum.generation import generate_summaries
 from lit_qsum.lr_schedule import LRDecay, WarmupDecayLR
 from lit_qsum.metrics.rouge import MultiRef, RougeTokenizer, SummaryRouge
 from lit_qsum.metrics.tokenizers import check_tokenizer
@@ -39,28 +40,6 @@ from lit_qsum.steps import StepEngine, token_shares
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
-
-
-def decode_summaries(tokenizer: Any, token_ids: torch.Tensor | list[list[int]]) -> list[str]:
-    """Generated ids to summary text, as scored and written by validate/test/predict.
-
-    Rule: every special token (pad, eos, bos, unk, and any other the tokenizer marks special) is
-    dropped, except tags shaped ``#Name#`` (DialogSum's ``#Person1#``, ``#PhoneNumber#``...): references
-    contain them, so they stay even where a tokenizer registers them as special tokens, which
-    ``skip_special_tokens=True`` would delete. Whitespace runs become one space, ends are stripped.
-    """
-
-    def is_tag(token: str) -> bool:
-        inner = token[1:-1]
-        return len(token) > 2 and token[0] == token[-1] == "#" and "#" not in inner and inner == "".join(inner.split())
-
-    # fast tokenizers skip every added token flagged special, listed in all_special_tokens or not
-    special = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
-    special.update(zip(tokenizer.all_special_ids, tokenizer.all_special_tokens))
-    drop = {i for i, token in special.items() if not is_tag(token)}
-    rows = [[int(i) for i in row if int(i) not in drop] for row in token_ids]
-    texts = tokenizer.batch_decode(rows, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return [" ".join(t.split()) for t in texts]
 
 
 class SummarizationModule(L.LightningModule):
@@ -372,26 +351,8 @@ class SummarizationModule(L.LightningModule):
 
         Special tokens are dropped, ``#Person1#``-style tags kept, whitespace normalized: see ``decode_summaries``.
         """
-        gen = self.generation
-        max_new = gen.max_new_tokens or self._decoder_max_len()
-        kwargs = dict(
-            max_new_tokens=max_new,
-            num_beams=gen.num_beams,
-            no_repeat_ngram_size=gen.no_repeat_ngram_size or None,
-            length_penalty=gen.length_penalty,
-            early_stopping=gen.early_stopping if gen.num_beams > 1 else False,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if self.task == "causal":
-            input_ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        else:
-            input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        with fsdp.generation_context(self.model) as sharded_kwargs:
-            output = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs, **sharded_kwargs)
-        if self.task == "causal":  # prompts are left-padded to one width, so the summary starts after it
-            output = output[:, input_ids.shape[1] :]
-        return decode_summaries(self.tokenizer, output)
+        return generate_summaries(self.model, self.tokenizer, self.task, self.generation, batch,
+                                  default_max_new_tokens=self._decoder_max_len())
 
     def _decoder_max_len(self) -> int:
         datamodule = getattr(self.trainer, "datamodule", None)

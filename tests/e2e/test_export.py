@@ -17,7 +17,8 @@ from lightning.pytorch.cli import instantiate_module
 
 from lit_qsum.cli import main
 from lit_qsum.data.datamodule import SummarizationDataModule
-from lit_qsum.module import SummarizationModule, decode_summaries
+from lit_qsum.generation import decode_summaries
+from lit_qsum.module import SummarizationModule
 
 pytestmark = pytest.mark.slow  # CLI fits and exports: ~20 s in all on 2 CPU cores
 
