@@ -56,6 +56,12 @@ class BenchRecorder(Callback):
         self._tokens: torch.Tensor | None = None
         self._samples = 0
         self._result: dict[str, Any] = {}
+        self._at_start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # what each GPU holds once the strategy has placed (and FSDP sharded) the model: how much sharding saved
+        device = trainer.strategy.root_device
+        self._at_start = float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0.0
 
     def _sync(self, trainer: L.Trainer) -> None:
         if trainer.strategy.root_device.type == "cuda":
@@ -82,13 +88,15 @@ class BenchRecorder(Callback):
         tokens, samples = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         cuda = device.type == "cuda"
         peak = torch.tensor([float(torch.cuda.max_memory_allocated(device)) if cuda else 0.0,
-                             float(torch.cuda.max_memory_reserved(device)) if cuda else 0.0], device=device)
-        peaks = trainer.strategy.all_gather(peak).reshape(-1, 2).tolist()
+                             float(torch.cuda.max_memory_reserved(device)) if cuda else 0.0, self._at_start],
+                            device=device)
+        peaks = trainer.strategy.all_gather(peak).reshape(-1, 3).tolist()
         self._result = {
             "tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed, "step_time_s": elapsed / steps,
             "measured_steps": steps, "measured_tokens": int(tokens), "world_size": trainer.world_size,
-            "peak_allocated_gib_per_gpu": [round(a / 2**30, 3) for a, _ in peaks],
-            "peak_reserved_gib_per_gpu": [round(r / 2**30, 3) for _, r in peaks],
+            "peak_allocated_gib_per_gpu": [round(a / 2**30, 3) for a, _, _ in peaks],
+            "peak_reserved_gib_per_gpu": [round(r / 2**30, 3) for _, r, _ in peaks],
+            "allocated_at_train_start_gib_per_gpu": [round(s / 2**30, 3) for _, _, s in peaks],
             "gpu": torch.cuda.get_device_name(device) if cuda else "cpu",
         }
         if trainer.is_global_zero:
@@ -321,14 +329,17 @@ def write_results(out: Path, date: str, records: list[dict], args: argparse.Name
     by = {(r["strategy"], r["gpus"]): r for r in records if "tokens_per_s" in r}
     ratio = (by[("ddp", 2)]["tokens_per_s"] / by[("ddp", 1)]["tokens_per_s"]
              if ("ddp", 1) in by and ("ddp", 2) in by else None)
-    rows = ["| shape | strategy | GPUs | micro-batch / GPU | tokens/s (all GPUs) | step s | peak allocated GiB per GPU |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| shape | strategy | GPUs | micro-batch / GPU | tokens/s (all GPUs) | step s | peak allocated GiB per GPU "
+            "| allocated at train start GiB per GPU |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "tokens_per_s" in r:
+            start = ", ".join(f"{p:.2f}" for p in r.get("allocated_at_train_start_gib_per_gpu", []))
             rows.append(f"| {r['shape']} | {r['strategy']} | {r['gpus']} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} "
-                        f"| {r['step_time_s']:.3f} | {', '.join(f'{p:.2f}' for p in r['peak_allocated_gib_per_gpu'])} |")
+                        f"| {r['step_time_s']:.3f} | {', '.join(f'{p:.2f}' for p in r['peak_allocated_gib_per_gpu'])} "
+                        f"| {start} |")
         else:
-            rows.append(f"| {r['shape']} | {r['strategy']} | {r['gpus']} | {r['micro_batch']} | failed | | |")
+            rows.append(f"| {r['shape']} | {r['strategy']} | {r['gpus']} | {r['micro_batch']} | failed | | | |")
     gpu = next((r["gpu"] for r in records if "gpu" in r), "unknown")
     fsdp = next((r for r in records if r["strategy"] == "fsdp"), None)
     lines = [

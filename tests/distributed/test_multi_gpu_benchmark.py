@@ -27,6 +27,7 @@ def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None
     for r in records:
         assert r["tool"] == "lit-qsum" and r["tokens_per_s"] > 0 and r["step_time_s"] > 0
         assert len(r["peak_allocated_gib_per_gpu"]) == r["gpus"] and "peak_allocated_gib" in r
+        assert len(r["allocated_at_train_start_gib_per_gpu"]) == r["gpus"]  # what the placed (sharded) model holds
         assert {"shape", "gpu", "date", "micro_batch", "versions", "variant", "strategy", "gpus"} <= set(r)
         assert r["measured_steps"] == 3
     assert records[2]["checkpoint"]["ok"], records[2]["checkpoint"]
