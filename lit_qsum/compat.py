@@ -15,6 +15,7 @@ bounds ``lightning`` to the minor versions these tests have run on.
 | ``lora_layer_runs_one_adapter`` | peft ``LoraLayer._disable_adapters``, ``._active_adapter`` | fused LoRA layers |
 | ``sdpa_mask_skip_helpers`` | transformers ``masking_utils._ignore_bidirectional_mask_sdpa`` / ``_ignore_causal_mask_sdpa`` | CUDA graphs |
 | ``no_split_module_classes`` | transformers ``PreTrainedModel._no_split_modules`` | FSDP wrapping, compiled blocks |
+| ``keep_in_fp32_module_names`` | transformers ``PreTrainedModel._keep_in_fp32_modules`` | ``fp32_modules_in_bf16`` |
 | ``compile_module_call`` | torch ``nn.Module._call_impl`` / ``_compiled_call_impl`` | compiled blocks |
 | ``foreach_copy`` | ``torch._foreach_copy_`` | DDP gradient sync |
 """
@@ -98,9 +99,18 @@ def sdpa_mask_skip_helpers() -> tuple[ModuleType | None, list[str]]:
 
 def no_split_module_classes(modules: Iterable[torch.nn.Module]) -> set[str]:
     """Class names of the transformer blocks models list in ``_no_split_modules`` (what FSDP must not split)."""
+    return _declared_names(modules, "_no_split_modules")
+
+
+def keep_in_fp32_module_names(modules: Iterable[torch.nn.Module]) -> set[str]:
+    """Layer names models keep in float32 when loaded in another dtype (``_keep_in_fp32_modules``; T5: ``wo``)."""
+    return _declared_names(modules, "_keep_in_fp32_modules")
+
+
+def _declared_names(modules: Iterable[torch.nn.Module], attribute: str) -> set[str]:
     names: set[str] = set()
     for module in modules:
-        names.update(getattr(module, "_no_split_modules", None) or ())
+        names.update(getattr(module, attribute, None) or ())
     return names
 
 

@@ -115,6 +115,8 @@ def test_no_split_module_classes_names_the_transformer_blocks() -> None:
                                                    encoder_ffn_dim=32, decoder_ffn_dim=32))
     assert compat.no_split_module_classes(t5.modules()) == {"T5Block"}
     assert compat.no_split_module_classes(bart.modules()) == {"BartEncoderLayer", "BartDecoderLayer"}
+    assert compat.keep_in_fp32_module_names(t5.modules()) == {"wo"}  # T5's FFN output projection
+    assert compat.keep_in_fp32_module_names(bart.modules()) == set()
 
 
 def test_compile_module_call_routes_calls_through_the_wrapper_once() -> None:

@@ -36,7 +36,8 @@ def apply_speedups(
         left = ", ".join(f"{n} ({why})" for why, n in skipped.items())
         report.append(f"fast path: {fused} LoRA layers fused" + (f"; left to peft: {left}" if left else ""))
     if speed.fp32_modules_in_bf16 and precision in BF16_PRECISIONS and (cast := fp32_modules_to(model, torch.bfloat16)):
-        report.append(f"fast path: {cast} frozen float32 weights of {', '.join(sorted(cast_names(model)))} layers "
+        names = ", ".join(sorted(compat.keep_in_fp32_module_names(model.modules())))
+        report.append(f"fast path: {cast} frozen float32 weights of {names} layers "
                       "stored in bf16 (bf16 autocast computes them in bf16 anyway)")
     if speed.contiguous_attention_bias and (biased := contiguous_position_bias(model)):
         report.append(f"fast path: {biased} T5 position biases laid out contiguously (fused SDPA attention)")
@@ -62,14 +63,6 @@ def apply_speedups(
 BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
 
 
-def cast_names(model: torch.nn.Module) -> set[str]:
-    """The layer names transformers keeps in float32 for ``model`` (``_keep_in_fp32_modules``; T5: ``wo``)."""
-    names: set[str] = set()
-    for module in model.modules():
-        names.update(getattr(module, "_keep_in_fp32_modules", None) or ())
-    return names
-
-
 def fp32_modules_to(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Store the frozen float32 weights of the layers transformers keeps in float32 in ``dtype``; returns how many.
 
@@ -80,7 +73,7 @@ def fp32_modules_to(model: torch.nn.Module, dtype: torch.dtype) -> int:
     LoRA forward (not fused) keep float32: peft adds the adapter's gradient to the input's in the input's dtype, so
     bf16 storage would round it differently.
     """
-    names = cast_names(model)
+    names = compat.keep_in_fp32_module_names(model.modules())
     count = 0
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] not in names:
