@@ -110,9 +110,10 @@ class SpeedSettings:
     fused_optimizer: bool = True
     """Run torch's Adam/AdamW as its fused CUDA kernel (one launch for every adapter tensor) unless the
     optimizer's init_args choose foreach or fused themselves."""
-    chunked_loss: bool = False
+    chunked_loss: bool = True
     """Decoder-only models: the training loss over chunks of rows, without the full ``[batch, length, vocab]`` float32
-    logits (the same loss and gradients; several GB less at a 150k vocabulary). Off until measured on a GPU."""
+    logits (the same loss and gradients). Qwen2.5-1.5B at micro-batch 16 on an H200: peak allocated 19.8 -> 4.2 GiB,
+    reserved 50.3 -> 5.8 GiB, 7% fewer tokens/s; turn it off only where memory is plentiful."""
     fp32_modules_in_bf16: bool = True
     """Under bf16 precision, store the frozen layers transformers keeps in float32 (T5's ``wo``) in bf16: the same
     results (autocast runs them in bf16), half their memory, no per-call casts."""
