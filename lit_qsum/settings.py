@@ -117,6 +117,9 @@ class SpeedSettings:
     fp32_modules_in_bf16: bool = True
     """Under bf16 precision, store the frozen layers transformers keeps in float32 (T5's ``wo``) in bf16: the same
     results (autocast runs them in bf16), half their memory, no per-call casts."""
+    fused_rms_norm: bool = True
+    """T5's and Llama-family RMS norms as one ``F.rms_norm`` kernel each way instead of five or six elementwise ones
+    (the same float32 math)."""
     contiguous_attention_bias: bool = True
     """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel, and (under
     checkpointing) build the zero bias of layers without one as a constant, not a tensor that requires grad."""

@@ -11,6 +11,7 @@ import torch
 from lit_qsum import compat
 from lit_qsum.fastpath.attention import constant_zero_bias, contiguous_position_bias
 from lit_qsum.fastpath.lora_linear import fuse_lora_layers, make_traceable
+from lit_qsum.fastpath.norms import fuse_rms_norms
 from lit_qsum.settings import SpeedSettings
 
 _saved_cudnn_sdp: bool | None = None
@@ -39,6 +40,8 @@ def apply_speedups(
         names = ", ".join(sorted(compat.keep_in_fp32_module_names(model.modules())))
         report.append(f"fast path: {cast} frozen float32 weights of {names} layers "
                       "stored in bf16 (bf16 autocast computes them in bf16 anyway)")
+    if speed.fused_rms_norm and (norms := fuse_rms_norms(model)):
+        report.append(f"fast path: {norms} RMS norms run as one fused F.rms_norm each")
     if speed.contiguous_attention_bias and (biased := contiguous_position_bias(model)):
         report.append(f"fast path: {biased} T5 position biases laid out contiguously (fused SDPA attention)")
     if speed.contiguous_attention_bias and gradient_checkpointing and (zeros := constant_zero_bias(model)):

@@ -1,0 +1,57 @@
+"""RMS norms of T5 and Llama-family models as one fused ``F.rms_norm`` call.
+
+transformers writes these norms as five to six elementwise ops (cast, square, mean, add, rsqrt, two multiplies),
+each a kernel that reads and writes the whole activation, forward, again in checkpointing's recompute, and in
+backward. On CUDA ``F.rms_norm`` is one fused kernel each way. The math is the same, computed in float32 as
+transformers does (autocast is off inside: the norm's inputs are cast to float32 first, as transformers casts them);
+only the order of the mean's additions can differ, so results agree to float32 rounding.
+
+- T5 style (``T5LayerNorm``, mT5, LongT5, UMT5): ``weight * (x * rsqrt(mean(x²) + eps))`` with ``x`` promoted to
+  float32; a bf16/fp16 weight rounds the normalized value to the weight's dtype before the multiply.
+- Llama style (Llama, Mistral, Qwen2, Qwen3 and others that copy ``LlamaRMSNorm``): the normalized value is rounded to
+  the input's dtype, then multiplied by the weight.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+T5_STYLE = frozenset({"T5LayerNorm", "MT5LayerNorm", "LongT5LayerNorm", "UMT5LayerNorm"})
+LLAMA_STYLE = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "SolarRMSNorm"})
+
+
+def _t5_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = self.weight
+    with torch.autocast(hidden_states.device.type, enabled=False):
+        if weight.dtype in (torch.float16, torch.bfloat16):
+            normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
+            return weight * normed.to(weight.dtype)
+        return F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), weight.float(), self.variance_epsilon)
+
+
+def _llama_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(hidden_states.device.type, enabled=False):
+        normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
+        return self.weight * normed.to(hidden_states.dtype)
+
+
+def fuse_rms_norms(model: torch.nn.Module) -> int:
+    """Give every T5- or Llama-style RMS norm of ``model`` the fused forward; returns how many.
+
+    A norm is taken only where it has the attributes the fused forward reads (``weight``, ``variance_epsilon``), so a
+    class that shares a name but not the code is left alone. Idempotent.
+    """
+    count = 0
+    for module in model.modules():
+        name = type(module).__name__
+        forward = _t5_forward if name in T5_STYLE else _llama_forward if name in LLAMA_STYLE else None
+        if forward is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        if not isinstance(getattr(module, "variance_epsilon", None), float):
+            continue
+        module.forward = types.MethodType(forward, module)
+        count += 1
+    return count

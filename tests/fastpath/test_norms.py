@@ -1,0 +1,106 @@
+"""Fused RMS norms (``speed.fused_rms_norm``): transformers' norm math, forward and backward, in every dtype mix."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lit_qsum.fastpath import apply_speedups
+from lit_qsum.fastpath.norms import fuse_rms_norms
+from lit_qsum.settings import LoraSettings, QuantizationSettings, SpeedSettings
+
+
+def _norm(kind: str, weight_dtype: torch.dtype) -> torch.nn.Module:
+    if kind == "t5":
+        from transformers.models.t5.modeling_t5 import T5LayerNorm as Norm
+    elif kind == "mt5":
+        from transformers.models.mt5.modeling_mt5 import MT5LayerNorm as Norm
+    else:
+        from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm as Norm
+    norm = Norm(48, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48, generator=torch.Generator().manual_seed(3)))
+    return norm.to(weight_dtype)
+
+
+@pytest.mark.parametrize("kind", ["t5", "mt5", "qwen2"])
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_fused_norm_computes_transformers_norm(kind, weight_dtype, input_dtype, autocast) -> None:
+    plain = _norm(kind, weight_dtype)
+    fused = copy.deepcopy(plain)
+    assert fuse_rms_norms(fused) == 1
+    x = (torch.randn(2, 5, 48, generator=torch.Generator().manual_seed(1)) * 3).to(input_dtype)
+    upstream = torch.randn(2, 5, 48, generator=torch.Generator().manual_seed(2))
+    results = []
+    for norm in (plain, fused):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = norm(xi)
+        (out.float() * upstream).sum().backward()
+        results.append((out, xi.grad, norm.weight.grad))
+    (want, want_dx, want_dw), (got, got_dx, got_dw) = results
+    assert got.dtype == want.dtype
+    # float32 math in both; only the order of the mean's additions differs, and a bf16 output may round the other way
+    tol = {"rtol": 1.6e-2, "atol": 1e-2} if want.dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(got, want, **tol)
+    grad_tol = {"rtol": 1.6e-2, "atol": 2e-2} if torch.bfloat16 in (input_dtype, weight_dtype) else tol
+    torch.testing.assert_close(got_dx, want_dx, **grad_tol)
+    torch.testing.assert_close(got_dw, want_dw, **grad_tol)
+
+
+def test_only_known_norm_classes_with_the_expected_attributes_are_fused() -> None:
+    class T5LayerNorm(torch.nn.Module):  # same name, other code: no variance_epsilon
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4))
+            self.eps = 1e-6
+
+    model = torch.nn.Sequential(T5LayerNorm(), torch.nn.LayerNorm(4), _norm("t5", torch.float32))
+    assert fuse_rms_norms(model) == 1
+    assert fuse_rms_norms(model) == 1  # idempotent: the same forward again
+
+
+TINY_T5 = {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2,
+           "num_decoder_layers": 2, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.1}  # as users train
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_qlora_t5_with_fused_norms_gives_the_loss_and_lora_gradients(checkpointing: bool) -> None:
+    """The tiny T5 in 4-bit with LoRA (dropout on, bf16 autocast as users train): the fused norms change the loss and
+    the adapters' gradients only by float32 rounding."""
+    from lit_qsum.backends.loader import ModelSpec, load_model
+
+    spec = ModelSpec(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="qlora",
+                     lora=LoraSettings(rank=4, alpha=8, dropout=0.05), quantization=QuantizationSettings(),
+                     gradient_checkpointing=checkpointing, init_seed=1)
+    plain = load_model(spec, device=torch.device("cpu")).model.train()
+    with torch.no_grad():
+        for name, param in plain.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    fused = copy.deepcopy(plain)
+    settings = {"device": torch.device("cpu"), "gradient_checkpointing": checkpointing, "precision": "bf16-mixed"}
+    apply_speedups(plain, SpeedSettings(fused_rms_norm=False), **settings)
+    lines = apply_speedups(fused, SpeedSettings(), **settings)
+    assert any("12 RMS norms" in line for line in lines), lines  # 2x2 encoder + 2x3 decoder + 2 final norms
+
+    gen = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 100, (2, 12), generator=gen), "attention_mask": torch.ones(2, 12, dtype=torch.long),
+             "labels": torch.randint(5, 100, (2, 6), generator=gen)}
+    batch["attention_mask"][1, 9:] = 0
+    results = []
+    for model in (plain, fused):
+        torch.manual_seed(5)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (want_loss, want), (got_loss, got) = results
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-4, atol=1e-5)
+    assert want
+    for name, grad in want.items():
+        torch.testing.assert_close(got[name], grad, rtol=2e-2, atol=1e-4, msg=name)
