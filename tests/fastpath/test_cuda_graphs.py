@@ -132,6 +132,28 @@ def test_captures_that_run_out_of_memory_free_the_graphs_then_switch_them_off() 
     assert graphs.stats.captures == 3
 
 
+def test_eager_micro_batches_beside_graphs_run_as_a_capture_runs_them() -> None:
+    """Warm-ups (and other eager micro-batches) see a capture's global state and inputs: autocast without its weight-cast
+    cache, and SDPA masks always built. Otherwise compiled blocks, warmed for another state or for a skipped (None)
+    mask, recompile inside the capture, and the capture fails."""
+    from lit_qsum import compat
+
+    masking_utils, names = compat.sdpa_mask_skip_helpers()
+    assert names  # transformers 5 skips all-ones masks through these helpers
+    graphs = StepGraphs(lambda batch: batch, [torch.nn.Parameter(torch.zeros(2))], log=lambda _: None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_cache_enabled()
+        with graphs.eager_context():
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            assert not torch.is_autocast_cache_enabled()
+            assert all(getattr(masking_utils, name)() is False for name in names)
+        assert torch.is_autocast_cache_enabled()
+    assert all(getattr(masking_utils, name) is not cuda_graphs._never_skip for name in names)  # restored
+    graphs.turn_off("test")
+    with graphs.eager_context():  # graphs off: the caller's context, untouched
+        assert all(getattr(masking_utils, name) is not cuda_graphs._never_skip for name in names)
+
+
 def test_compiled_blocks_see_each_shape_eagerly_before_it_is_captured() -> None:
     """Under compile, a shape's first micro-batch runs eagerly (compiling and autotuning can't be captured); the
     second is captured and later ones replay. Without compile only the very first micro-batch is eager."""
@@ -239,7 +261,10 @@ def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool,
     ref2_loss, ref2_grads = step_eager(second, seed=12)
 
     graphs = StepGraphs(loss_fn, params, warm_each_shape=compiled, log=lambda _: None)
-    step_eager(second, seed=0)  # a warm-up step, as the engine's first micro-batch
+    with torch.autocast("cuda", dtype=torch.bfloat16), graphs.eager_context():
+        # the warm-up step as the engine runs it: under the capture's autocast (no weight-cast cache), so compiled
+        # blocks are compiled for the global state the capture sees and not recompiled inside it
+        step_eager(second, seed=0)
     assert graphs.forward_backward(second, 0.5, _nullcontext) is None  # the engine's warm-up call
     for batch, seed, want_loss, want_grads in ((first, 11, ref_loss, ref_grads), (second, 12, ref2_loss, ref2_grads)):
         for p in params:
