@@ -149,13 +149,14 @@ def main() -> None:
 
     todo = [run for run in runs if run.name not in args.skip]
     for i, run in enumerate(todo):
-        # leave each later run at least its minimum; a run that can't get its own minimum is not started
-        left = args.deadline_s - (time.time() - started) - sum(later.min_s for later in todo[i + 1 :])
-        if left < run.min_s:
-            run.record = {"error": f"not started: {left:.0f} s left of --deadline-s {args.deadline_s:.0f}"}
+        left = args.deadline_s - (time.time() - started)
+        timeout = run_timeout(left, run.min_s, run.timeout_s, [later.min_s for later in todo[i + 1 :]])
+        if timeout is None:
+            run.record = {"error": f"not started: {left:.0f} s left of --deadline-s {args.deadline_s:.0f}, "
+                                   f"it needs {run.min_s} s"}
             log(started, f"{run.name}: {run.record['error']}")
             continue
-        run.timeout_s = int(min(run.timeout_s, left))
+        run.timeout_s = timeout
         log(started, f"{run.name}: {run.shape} {run.strategy} on {run.gpus} {'process' if args.smoke else 'GPU'}(s), "
                      f"timeout {run.timeout_s} s")
         run.record = execute(run, work, env, args.out, date)
@@ -167,6 +168,18 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     if any("error" in r for r in records):
         sys.exit(1)
+
+
+def run_timeout(left_s: float, min_s: int, timeout_s: int, later_min_s: list[int]) -> int | None:
+    """The timeout of the next run with ``left_s`` seconds to the deadline, or None when it can't get its minimum.
+
+    Runs go in the plan's order, which is their priority (DDP 1 and 2 GPUs first: the scaling figure). A run starts
+    whenever its own minimum fits; it is cut short to leave the later runs their minimums only as far as its own
+    minimum allows, so a short deadline drops the last runs, never the first.
+    """
+    if left_s < min_s:
+        return None
+    return int(min(timeout_s, max(min_s, left_s - sum(later_min_s))))
 
 
 def log(started: float, message: str) -> None:
