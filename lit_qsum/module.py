@@ -161,11 +161,10 @@ class SummarizationModule(L.LightningModule):
         self.model = self.loaded.model
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found
         if self.loaded.decision.backend in ("qlora", "lora"):
-            # FSDP lays units out by parameter dtype: its layout is the measured one, float32 wo included
-            precision = None if isinstance(trainer.strategy, fsdp.QLoraFSDPStrategy) else str(trainer.precision)
+            # under FSDP too: T5's wo stored in bf16 joins its block's unit instead of being a float32 unit of its own
             for line in apply_speedups(
                 self.model, self.speed, device=device, gradient_checkpointing=self.spec.gradient_checkpointing,
-                precision=precision,
+                precision=str(trainer.precision),
             ):
                 rank_zero_info(line)
         self._chunked_lm = self._setup_chunked_loss()

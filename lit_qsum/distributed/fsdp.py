@@ -14,7 +14,8 @@
 - The auto-wrap policy needs the model (``qlora_auto_wrap_policy``): one unit per transformer block, named by the
   model's ``_no_split_modules`` (T5Block, BartEncoderLayer/BartDecoderLayer, LlamaDecoderLayer, ...), and a unit of
   its own for each leaf whose frozen weights have another dtype than the rest (T5 keeps ``wo`` in float32 beside
-  bfloat16-stored 4-bit weights; FSDP flattens uniform dtypes only). It refuses 4-bit weights stored as uint8 (FSDP
+  bfloat16-stored 4-bit weights; FSDP flattens uniform dtypes only; under bf16 precision the module stores ``wo`` in
+  bf16 first, ``speed.fp32_modules_in_bf16``, so it shards with its block). It refuses 4-bit weights stored as uint8 (FSDP
   shards floating tensors only: ``--model.quantization.bnb_4bit_quant_storage bfloat16``) and a mixed-precision
   parameter dtype other than that storage dtype (FSDP would cast the packed 4-bit bytes and corrupt them).
 

@@ -15,19 +15,20 @@ import torch.multiprocessing as mp
 
 
 class Block(torch.nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, wo_dtype: torch.dtype) -> None:
         super().__init__()
         self.wi = torch.nn.Linear(16, 32, bias=False).to(torch.bfloat16)
-        self.wo = torch.nn.Linear(32, 16, bias=False)  # float32, as T5 keeps it
+        self.wo = torch.nn.Linear(32, 16, bias=False).to(wo_dtype)  # float32 as T5 keeps it, or bf16 as lit-qsum stores it
+        self.wo_dtype = wo_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.wi(x.to(torch.bfloat16)).float())
+        return self.wo(self.wi(x.to(torch.bfloat16)).to(self.wo_dtype)).float()
 
 
 class Net(torch.nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, wo_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.blocks = torch.nn.ModuleList([Block(), Block()])
+        self.blocks = torch.nn.ModuleList([Block(wo_dtype), Block(wo_dtype)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -35,7 +36,7 @@ class Net(torch.nn.Module):
         return x
 
 
-def _rank(rank: int, port: int, results) -> None:
+def _rank(rank: int, port: int, results, wo_dtype: torch.dtype) -> None:
     from peft import LoraConfig, get_peft_model
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -48,7 +49,7 @@ def _rank(rank: int, port: int, results) -> None:
         outputs = []
         for fuse in (False, True):
             torch.manual_seed(0)
-            model = get_peft_model(Net(), LoraConfig(r=4, target_modules=["wo"], init_lora_weights=False))
+            model = get_peft_model(Net(wo_dtype), LoraConfig(r=4, target_modules=["wo"], init_lora_weights=False))
             fused = fuse_lora_layers(model, keep_weight=False)[0] if fuse else 0
             trainable = [p for p in model.parameters() if p.requires_grad]
             sharded = FSDP(model, auto_wrap_policy=qlora_auto_wrap_policy(model, ["Block"]), ignored_states=trainable,
@@ -61,13 +62,19 @@ def _rank(rank: int, port: int, results) -> None:
 
 
 @pytest.mark.slow
-def test_layers_over_their_own_fsdp_unit_are_unfused_and_match_peft() -> None:
+@pytest.mark.parametrize("wo_dtype", [torch.float32, torch.bfloat16])
+def test_layers_over_their_own_fsdp_unit_are_unfused_and_match_peft(wo_dtype: torch.dtype) -> None:
+    """float32 wo (transformers' layout): a unit of its own, so peft's forward again. bf16 wo (what
+    ``fp32_modules_in_bf16`` stores under bf16): inside its block's unit, fused, with peft's output."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(port, results), nprocs=2)
+    mp.spawn(_rank, args=(port, results, wo_dtype), nprocs=2)
     for rank in range(2):
         (_, _, plain), (fused, unfused, fast) = results[rank]
-        assert (fused, unfused) == (2, 2)  # each wo is its own unit (float32 beside bf16): peft's forward again
-        torch.testing.assert_close(fast, plain)
+        # float32 wo beside bf16: each its own unit, unfused; bf16 wo: in the block's unit, still fused
+        assert (fused, unfused) == ((2, 2) if wo_dtype == torch.float32 else (2, 0))
+        # a bf16 GEMM in the fused op and in peft's rounds its last bit differently (a misread shard is far off)
+        tol = {} if wo_dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 2e-3}
+        torch.testing.assert_close(fast, plain, **tol)

@@ -80,3 +80,31 @@ def test_4bit_storage_checks_name_the_flag_to_change() -> None:
 def test_strategy_refuses_sharded_checkpoints() -> None:
     with pytest.raises(UserInputError, match="state_dict_type must be 'full'"):
         QLoraFSDPStrategy(state_dict_type="sharded")
+
+
+def test_under_bf16_the_qlora_t5_wo_is_laid_out_like_the_4bit_weights() -> None:
+    """What the module does before FSDP wraps a QLoRA T5 under bf16-mixed (as configs/fsdp-qlora.yaml runs it): wo is
+    stored in bf16 like the 4-bit weights, so the policy treats it as it treats them (in a real shape: inside its
+    block's unit, where float32 wo units held ~1.9 GiB of t5-xl apart from the blocks)."""
+    from lit_qsum.backends.loader import ModelSpec, load_model
+    from lit_qsum.fastpath import apply_speedups
+    from lit_qsum.settings import LoraSettings, QuantizationSettings, SpeedSettings
+
+    spec = ModelSpec(model_config=SHAPES["t5"], tokenizer="lit_qsum:demo", backend="qlora",
+                     lora=LoraSettings(rank=4, alpha=8), quantization=QuantizationSettings(bnb_4bit_quant_storage="bfloat16"),
+                     gradient_checkpointing=True, init_seed=1)
+    model = load_model(spec, device=torch.device("cpu")).model
+
+    def odd_ones() -> tuple[set[torch.dtype], set[str]]:
+        wo = {p.dtype for n, p in model.named_parameters() if ".wo.base_layer" in n}
+        units = wrapped(model, qlora_auto_wrap_policy(model))
+        return wo, {n.rsplit(".", 2)[-2] for n in units if n.endswith(".base_layer")}
+
+    storage = {p.dtype for p in model.parameters() if type(p).__name__ == "Params4bit"}
+    assert storage == {torch.bfloat16}
+    wo, kinds = odd_ones()
+    assert wo == {torch.float32} and ("wo" in kinds) != ("wi_0" in kinds)  # transformers keeps wo apart, in float32
+    apply_speedups(model, SpeedSettings(), device=torch.device("cpu"), gradient_checkpointing=True,
+                   precision="bf16-mixed")
+    wo, kinds = odd_ones()
+    assert wo == storage and ("wo" in kinds) == ("wi_0" in kinds)
