@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         if path.exists():
             sys.exit(f"{path} exists; results are never overwritten: pass another --what, or move it away")
     records: list[dict[str, Any]] = []
+    started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lit-qsum-speed-") as tmp:
         for shape in args.shapes:
@@ -124,7 +125,14 @@ def main(argv: list[str] | None = None) -> None:
                 spec = {**info, "tool": tool, "variant": variant, "warmup": args.warmup, "steps": args.steps,
                         "profile_steps": args.profile_steps, "micro_batch": args.micro_batch, "seed": args.seed,
                         "smoke": args.smoke, "date": date}
-                records.append(launch_worker(spec, Path(tmp), args.worker_timeout, args.logs))
+                left = None if args.deadline_s is None else args.deadline_s - (time.monotonic() - started)
+                timeout = worker_timeout(left, args.worker_timeout)
+                if timeout is None:
+                    why = f"not started: {left:.0f} s left of --deadline-s {args.deadline_s:.0f}"
+                    print(f"{shape}/{tool}/{variant['name']}: {why}", flush=True)
+                    records.append({**empty_record(spec), "error": why})
+                else:
+                    records.append(launch_worker(spec, Path(tmp), timeout, args.logs))
                 # what has finished so far survives a parent killed by an outer time limit
                 _sibling(stem, ".partial.json").write_text(json.dumps(records, indent=1))
     add_loss_diffs(records)
@@ -150,6 +158,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, short sequences, fp32")
     parser.add_argument("--logs", type=Path, default=None, help="copy every run's full log into this folder")
     parser.add_argument("--worker-timeout", type=int, default=300, help="seconds before a run is killed")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="end every run by this many seconds after the start (runs are cut short or not started, "
+                             "and the results are still written): keep it under the GPU machine's per-command limit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one spec file
     args = parser.parse_args(argv)
     if args.worker:
@@ -245,6 +256,18 @@ def synthetic_samples(
 def _sibling(stem: Path, suffix: str) -> Path:
     """``stem`` + ``suffix`` (not ``with_suffix``: shape names like qwen2.5-1.5b carry dots)."""
     return stem.parent / (stem.name + suffix)
+
+
+MIN_RUN_S = 30  # less than this can't load a model and time a step
+
+
+def worker_timeout(left_s: float | None, cap_s: int) -> int | None:
+    """A run's time limit with ``left_s`` seconds to the deadline (None: no deadline), or None: don't start it."""
+    if left_s is None:
+        return cap_s
+    if left_s < MIN_RUN_S:
+        return None
+    return int(min(cap_s, left_s - 5))  # 5 s to copy its log and write the results
 
 
 def launch_worker(spec: dict[str, Any], tmp: Path, timeout: int, logs: Path | None = None) -> dict[str, Any]:

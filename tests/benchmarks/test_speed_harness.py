@@ -155,3 +155,22 @@ def test_runs_of_a_dotted_shape_keep_their_own_files(speed: ModuleType, tmp_path
     assert failed["variant"] == "unsloth" and failed["error"] and failed["tokens_per_s"] is None
     assert sorted(p.name for p in logs.iterdir()) == ["qwen2.5-1.5b--lit-qsum--default.log",
                                                       "qwen2.5-1.5b--lit-qsum--unsloth.log"]
+
+
+def test_worker_timeouts_end_every_run_by_the_deadline(speed: ModuleType) -> None:
+    assert speed.worker_timeout(None, 300) == 300  # no deadline: --worker-timeout
+    assert speed.worker_timeout(1000.0, 300) == 300
+    assert speed.worker_timeout(200.0, 300) == 195  # cut short: 5 s left to write the results
+    assert speed.worker_timeout(speed.MIN_RUN_S - 1, 300) is None  # not started
+
+
+def test_runs_past_the_deadline_are_recorded_as_not_started(tmp_path: Path) -> None:
+    """A GPU call's command limit kills everything; with --deadline-s the harness stops starting runs and still writes
+    its results (the 2026-11-30 call that ran past the limit brought nothing back)."""
+    done = run_speed("--smoke", "--shapes", "tiny-bart", "--tools", "hf", "lit-qsum", "--warmup", "1", "--steps", "1",
+                     "--out", str(tmp_path), "--what", "deadline", "--deadline-s", "0")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = json.loads((tmp_path / f"{today()}-deadline.json").read_text())
+    assert [r["tool"] for r in records] == ["hf", "lit-qsum"]
+    assert all(r["error"].startswith("not started") and r["tokens_per_s"] is None for r in records)
+    assert (tmp_path / f"{today()}-deadline.md").exists()
