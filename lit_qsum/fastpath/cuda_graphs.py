@@ -229,9 +229,9 @@ class StepGraphs:
             self._weight = torch.ones((), dtype=torch.float32, device=device)
         inputs = {name: batch[name].clone() for name, _ in key}
         graph = torch.cuda.CUDAGraph()
-        with _same_autocast_without_cache(device.type), torch.cuda.graph(
+        with _as_captured(device.type), torch.cuda.graph(
             graph, pool=self._pool, capture_error_mode="thread_local"
-        ), always_build_sdpa_masks(), backward_context():
+        ), backward_context():
             loss = self.loss_fn(inputs)
             (loss * self._weight).backward()
         return _Captured(graph, inputs, loss.detach())
@@ -266,6 +266,7 @@ def _end_generator_capture(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def _as_captured(device_type: str) -> Iterator[None]:
+    """What a capture runs under, and the eager micro-batches beside it (``StepGraphs.eager_context``)."""
     with _same_autocast_without_cache(device_type), always_build_sdpa_masks():
         yield
 
