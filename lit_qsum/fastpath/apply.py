@@ -10,7 +10,7 @@ import torch
 
 from lit_qsum import compat
 from lit_qsum.fastpath.attention import constant_zero_bias, contiguous_position_bias
-from lit_qsum.fastpath.lora_linear import fuse_lora_layers, make_traceable
+from lit_qsum.fastpath.lora_linear import fuse_lora_layers, is_fused, make_traceable
 from lit_qsum.fastpath.norms import fuse_rms_norms
 from lit_qsum.settings import SpeedSettings
 
@@ -81,7 +81,7 @@ def fp32_modules_to(model: torch.nn.Module, dtype: torch.dtype) -> int:
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] not in names:
             continue
-        if hasattr(module, "lora_A") and "_lit_qsum_plan" not in module.__dict__:
+        if hasattr(module, "lora_A") and not is_fused(module):
             continue
         for param in module.parameters():
             if not param.requires_grad and param.dtype == torch.float32:

@@ -206,11 +206,16 @@ def fuse_lora_layers(model: torch.nn.Module, *, keep_weight: bool, dequant: str 
     return fused, skipped
 
 
+def is_fused(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a LoRA layer that runs the fused forward (``fuse_lora_layers``)."""
+    return "_lit_qsum_plan" in module.__dict__
+
+
 def unfuse_lora_layers(model: torch.nn.Module, where: Callable[[torch.nn.Module], bool] | None = None) -> int:
     """Give fused layers (those ``where`` accepts; default all) their peft forward back; returns how many."""
     restored = 0
     for module in model.modules():
-        if "_lit_qsum_plan" not in module.__dict__ or (where is not None and not where(module)):
+        if not is_fused(module) or (where is not None and not where(module)):
             continue
         for name in ("_lit_qsum_plan", "forward", "merge", "unmerge"):
             module.__dict__.pop(name, None)
