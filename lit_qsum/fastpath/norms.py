@@ -3,8 +3,8 @@
 transformers writes these norms as five to six elementwise ops (cast, square, mean, add, rsqrt, two multiplies),
 each a kernel that reads and writes the whole activation, forward, again in checkpointing's recompute, and in
 backward. On CUDA ``F.rms_norm`` is one fused kernel each way. The math is the same, computed in float32 as
-transformers does (autocast is off inside: the norm's inputs are cast to float32 first, as transformers casts them);
-only the order of the mean's additions can differ, so results agree to float32 rounding.
+transformers does (the inputs are cast to float32 first, as transformers casts them; autocast never lowers a norm's
+precision); only the order of the mean's additions can differ, so results agree to float32 rounding.
 
 - T5 style (``T5LayerNorm``, mT5, LongT5, UMT5): ``weight * (x * rsqrt(mean(x²) + eps))`` with ``x`` promoted to
   float32; a bf16/fp16 weight rounds the normalized value to the weight's dtype before the multiply.
@@ -25,17 +25,15 @@ LLAMA_STYLE = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen
 
 def _t5_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     weight = self.weight
-    with torch.autocast(hidden_states.device.type, enabled=False):
-        if weight.dtype in (torch.float16, torch.bfloat16):
-            normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
-            return weight * normed.to(weight.dtype)
-        return F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), weight.float(), self.variance_epsilon)
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
+        return weight * normed.to(weight.dtype)
+    return F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), weight, self.variance_epsilon)
 
 
 def _llama_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    with torch.autocast(hidden_states.device.type, enabled=False):
-        normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
-        return self.weight * normed.to(hidden_states.dtype)
+    normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
+    return self.weight * normed.to(hidden_states.dtype)
 
 
 def fuse_rms_norms(model: torch.nn.Module) -> int:
