@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared for the first device call of the next session (nvidia-h200-x2), not yet run; see
+# Session 7, call 1 (nvidia-h200-x2), run 2026-11-30 as prepared at the end of session 6; see
 # benchmarks/results/2026-11-30-speed-notes-3.md ("Next"). Everything ends by ~560 s; logs are re-tarred into
 # $OUT/call.tgz every 15 s, so a killed call still brings them back (only 8 files come back from $OUT).
 # GPU 1: the compiled-capture GPU tests (does the eager-context fix make a compiled step capturable?), then
