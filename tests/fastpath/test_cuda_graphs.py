@@ -206,6 +206,48 @@ def test_the_step_engine_trains_the_same_through_graph_replays(tmp_path, monkeyp
             torch.testing.assert_close(param, reference[name], rtol=0, atol=0, msg=name)
 
 
+class TracingStandInGraphs(EagerStandInGraphs):
+    """A capture runs the step's Python (recording its kernels, not running them), so what the step raises, a capture
+    raises: here the forward runs once without gradients before the stand-in's replay closure is built."""
+
+    def _record(self, key, batch, backward_context):
+        with torch.no_grad():
+            self.loss_fn({name: batch[name] for name, _ in key})
+        return super()._record(key, batch, backward_context)
+
+
+def test_memory_too_small_for_a_captured_shape_reaches_the_oom_scaler(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that can't fit runs out of memory twice: in its capture (the graphs free their memory and give it back)
+    and in the eager step that follows, where the OOM scaler halves the micro-batch; smaller shapes are captured."""
+    from lit_qsum.callbacks import OOMBatchSizeScaler
+
+    monkeypatch.setattr(cuda_graphs, "unsupported_reason", lambda **_: None)
+    monkeypatch.setattr(cuda_graphs, "StepGraphs", TracingStandInGraphs)
+    real_loss, sizes = SummarizationModule._loss, []
+
+    def loss(self, batch):  # memory for fewer than 4 samples from the second optimizer step on
+        sizes.append(len(batch["input_ids"]))
+        if self.training and self.global_step >= 1 and len(batch["input_ids"]) >= 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(SummarizationModule, "_loss", loss)
+    EagerStandInGraphs.made.clear()
+    scaler = OOMBatchSizeScaler(verbose=False)
+    module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="lora", init_seed=3,
+                                 lora=LoraSettings(rank=4, alpha=8, dropout=0.05), speed=SpeedSettings(cuda_graphs=True))
+    data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=40, max_eval_samples=4,
+                                   pad_to_multiple_of=32)
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[scaler])
+    trainer.fit(module, data)
+    (graphs,) = EagerStandInGraphs.made
+    assert scaler.recoveries == 1 and module.engine.micro_batch.micro_batch_size == 2
+    assert graphs.capture_ooms == 1 and graphs.on  # one capture ran out of memory: the graphs stay on for smaller shapes
+    assert sizes[:4] == [4, 4, 4, 2]  # eager warm-up, the capture's OOM, the eager step's OOM, then halves
+    assert trainer.global_step == 4 and graphs.stats.replays > 0
+
+
 # ---- on a GPU: a real capture computes the eager step ------------------------------------------------------------
 def _gpu_model(checkpointing: bool, compiled: bool = False):
     from lit_qsum.backends.loader import ModelSpec, load_model
