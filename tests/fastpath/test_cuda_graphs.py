@@ -299,13 +299,13 @@ def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool,
 
     vocab = model.config.vocab_size
     first, second = _gpu_batch(1, vocab), _gpu_batch(2, vocab)
-    ref_loss, ref_grads = step_eager(first, seed=11)
-    ref2_loss, ref2_grads = step_eager(second, seed=12)
-
     graphs = StepGraphs(loss_fn, params, warm_each_shape=compiled, log=lambda _: None)
     with torch.autocast("cuda", dtype=torch.bfloat16), graphs.eager_context():
-        # the warm-up step as the engine runs it: under the capture's autocast (no weight-cast cache), so compiled
-        # blocks are compiled for the global state the capture sees and not recompiled inside it
+        # the reference steps and the warm-up step as the engine runs eager micro-batches beside graphs: under the
+        # capture's autocast (no weight-cast cache) and masks, so compiled blocks compile once, for the global state
+        # the capture sees, and are not recompiled inside it
+        ref_loss, ref_grads = step_eager(first, seed=11)
+        ref2_loss, ref2_grads = step_eager(second, seed=12)
         step_eager(second, seed=0)
     assert graphs.forward_backward(second, 0.5, _nullcontext) is None  # the engine's warm-up call
     for batch, seed, want_loss, want_grads in ((first, 11, ref_loss, ref_grads), (second, 12, ref2_loss, ref2_grads)):
