@@ -357,11 +357,13 @@ def train_lit_qsum(
 
 
 def lit_loader(spec: dict[str, Any], features: list[dict], data: dict[str, Any]) -> DataLoader:
-    """lit-qsum's training batches: length-grouped (seeded), padded by the task's collator."""
-    from lit_qsum.data.features import feature_length  # noqa: PLC0415
+    """lit-qsum's training batches as its data module makes them: length-grouped (seeded; seq2seq sources in buckets
+    of the padding multiple, then by target length), padded by the task's collator."""
+    from lit_qsum.data.features import feature_parts  # noqa: PLC0415
     from lit_qsum.data.length_grouped_sampler import LengthGroupedBatchSampler  # noqa: PLC0415
 
-    sampler = LengthGroupedBatchSampler([feature_length(f) for f in features], spec["micro_batch"], seed=spec["seed"])
+    sampler = LengthGroupedBatchSampler([feature_parts(f) for f in features], spec["micro_batch"], seed=spec["seed"],
+                                        bucket=data["pad_to_multiple_of"])
     return DataLoader(features, batch_sampler=sampler,  # type: ignore[arg-type]  # a list is a map-style dataset
                       collate_fn=collator(spec, data["pad_to_multiple_of"]), num_workers=0)
 

@@ -102,7 +102,8 @@ class SpeedSettings:
     """Allow cuDNN scaled-dot-product attention; it re-plans for every new batch shape (slow host side)."""
     compile: bool = False
     """torch.compile each transformer block for training (fused kernels, far less host time per layer);
-    costs a one-off compile of a minute or two. Generation stays eager."""
+    costs a one-off compile of minutes (a t5-large run had not finished it after 169 s on an H200), so it pays on long
+    runs only. Generation stays eager."""
     cuda_graphs: bool = True
     """Capture each batch shape's training step (forward + backward) as a CUDA graph and replay it: one host
     call instead of ~10k kernel launches. Each new shape costs one capture (about one eager step), so pad

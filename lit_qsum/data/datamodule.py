@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from lit_qsum.data.collate import CausalCollator, Seq2SeqCollator, WithRecordFields
-from lit_qsum.data.features import TruncationStats, causal_features, feature_length, seq2seq_features
+from lit_qsum.data.features import TruncationStats, causal_features, feature_length, feature_parts, seq2seq_features
 from lit_qsum.data.formats import ColumnMap, DataFormatError, Record, load_records
 from lit_qsum.data.length_grouped_sampler import (
     LengthGroupedBatchSampler,
@@ -62,6 +62,7 @@ class _Split:
     records: list[Record]
     features: list[dict[str, Any]]
     lengths: list[int]
+    parts: list[tuple[int, ...]]  # the lengths the collator pads separately (source, target)
 
 
 class SummarizationDataModule(LightningDataModule):
@@ -240,7 +241,7 @@ class SummarizationDataModule(LightningDataModule):
             rank_zero_warn(f"{stats.message(split)}; raise --data.encoder_max_len/--data.decoder_max_len to keep more")
         else:
             rank_zero_info(stats.message(split))
-        return _Split(records, features, [feature_length(f) for f in features])
+        return _Split(records, features, [feature_length(f) for f in features], [feature_parts(f) for f in features])
 
     def _flag_of(self, split: SplitName) -> str:
         """The flag that chose this split's data, for error messages."""
@@ -279,11 +280,11 @@ class SummarizationDataModule(LightningDataModule):
         """Length-grouped loader at the current ``batch_size``; keeps the previous sampler's epoch position."""
         if self.probe_longest:
             # trial batches are not part of the epoch: the epoch's sampler and its position stay as they are
-            return self._loader("train", LongestBatchSampler(self._split("train").lengths, self.batch_size))
+            return self._loader("train", LongestBatchSampler(self._split("train").parts, self.batch_size))
         world_size, rank = self._sharding()
-        sampler = LengthGroupedBatchSampler(
-            self._split("train").lengths, self.batch_size, seed=self.seed, num_replicas=world_size, rank=rank
-        )
+        # sources sorted in buckets of the padding multiple, then by target length: batches of alike targets
+        sampler = LengthGroupedBatchSampler(self._split("train").parts, self.batch_size, seed=self.seed,
+                                            num_replicas=world_size, rank=rank, bucket=self.pad_to_multiple_of)
         previous = self.train_batch_sampler.state_dict() if self.train_batch_sampler else self._pending_sampler_state
         if previous:
             self._restore(sampler, previous)

@@ -130,3 +130,10 @@ def feature_length(feature: dict[str, Any]) -> int:
     """Tokens a feature puts in a batch; the samplers group by it."""
     keys = ("input_ids", "labels", "prompt_ids", "target_ids")
     return sum(len(feature[key]) for key in keys if key in feature)
+
+
+def feature_parts(feature: dict[str, Any]) -> tuple[int, ...]:
+    """The lengths a collator pads separately: (source, target) for seq2seq, the whole row for decoder-only."""
+    if "input_ids" in feature and "labels" in feature:
+        return len(feature["input_ids"]), len(feature["labels"])
+    return (feature_length(feature),)

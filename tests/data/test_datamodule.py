@@ -99,6 +99,27 @@ def test_own_data_never_falls_back_to_the_bundled_demo_splits():
     assert set(dm.truncation_stats) == {"train"}
 
 
+def test_training_batches_sort_sources_by_padding_bucket_then_targets():
+    """Seq2seq: the sampler sorts sources in buckets of the padding multiple, then targets, so a batch's targets are
+    alike (the collator pads each part to its own longest); decoder-only rows are one part."""
+    dm = SummarizationDataModule(task="seq2seq", batch_size=8, max_train_samples=400, pad_to_multiple_of=64)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    sampler = loader.batch_sampler
+    features = dm._splits["train"].features
+    assert sampler.bucket == 64 and sampler.parts[0] == (len(features[0]["input_ids"]), len(features[0]["labels"]))
+    order = sampler.epoch_order()
+    keys = [(-(-len(features[i]["input_ids"]) // 64), len(features[i]["labels"])) for i in order[8:]]
+    batches = [keys[k : k + 8] for k in range(0, len(keys), 8)]  # after the first (the widest, moved up)
+    assert all(b == sorted(b, reverse=True) for b in batches)  # each a slice of one sorted order
+    assert sum(len({k[0] for k in b}) == 1 for b in batches) > 0.8 * len(batches)  # mostly one source bucket
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape[1] % 64 == 0 and batch["labels"].shape[1] % 64 == 0
+    causal = SummarizationDataModule(task="causal", batch_size=2, max_train_samples=8)
+    causal.setup("fit")
+    assert len(causal.train_dataloader().batch_sampler.parts[0]) == 1
+
+
 def test_causal_task_batches():
     dm = SummarizationDataModule(task="causal", batch_size=2, max_train_samples=8, max_eval_samples=4)
     dm.setup("fit")
