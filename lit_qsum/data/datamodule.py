@@ -94,6 +94,9 @@ class SummarizationDataModule(LightningDataModule):
         batch_size: Training samples per step and device; a batch-size finder or OOM recovery may change it.
         eval_batch_size: Samples per validation/test/predict batch; None = batch_size.
         pad_to_multiple_of: Pad sequence lengths to a multiple of this (8 suits tensor cores).
+        group_by_target: Seq2seq training batches: sort dialogues in buckets of ``pad_to_multiple_of`` tokens (which
+            they are padded to anyway), then by summary length, so a batch's summaries pad little; False sorts by
+            dialogue + summary length. Decoder-only rows are one sequence either way.
         num_workers: DataLoader worker processes; 0 collates in the main process.
         seed: Seed of the per-epoch sample order.
         max_train_samples: Use only the first N training examples (quick runs); None = all.
@@ -122,6 +125,7 @@ class SummarizationDataModule(LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         pad_to_multiple_of: int = 8,
+        group_by_target: bool = True,
         num_workers: int = 0,
         seed: int = 42,
         max_train_samples: int | None = None,
@@ -157,6 +161,7 @@ class SummarizationDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.group_by_target = group_by_target
         self.num_workers = num_workers
         self.seed = seed
         self.max_train_samples = max_train_samples
@@ -283,8 +288,9 @@ class SummarizationDataModule(LightningDataModule):
             return self._loader("train", LongestBatchSampler(self._split("train").parts, self.batch_size))
         world_size, rank = self._sharding()
         # sources sorted in buckets of the padding multiple, then by target length: batches of alike targets
+        bucket = self.pad_to_multiple_of if self.group_by_target else None
         sampler = LengthGroupedBatchSampler(self._split("train").parts, self.batch_size, seed=self.seed,
-                                            num_replicas=world_size, rank=rank, bucket=self.pad_to_multiple_of)
+                                            num_replicas=world_size, rank=rank, bucket=bucket)
         previous = self.train_batch_sampler.state_dict() if self.train_batch_sampler else self._pending_sampler_state
         if previous:
             self._restore(sampler, previous)

@@ -115,6 +115,10 @@ def test_training_batches_sort_sources_by_padding_bucket_then_targets():
     assert sum(len({k[0] for k in b}) == 1 for b in batches) > 0.8 * len(batches)  # mostly one source bucket
     batch = next(iter(loader))
     assert batch["input_ids"].shape[1] % 64 == 0 and batch["labels"].shape[1] % 64 == 0
+    plain = SummarizationDataModule(task="seq2seq", batch_size=8, max_train_samples=400, pad_to_multiple_of=64,
+                                    group_by_target=False)
+    plain.setup("fit")
+    assert plain.train_dataloader().batch_sampler.bucket is None  # by dialogue + summary length
     causal = SummarizationDataModule(task="causal", batch_size=2, max_train_samples=8)
     causal.setup("fit")
     assert len(causal.train_dataloader().batch_sampler.parts[0]) == 1
