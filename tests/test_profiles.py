@@ -42,11 +42,13 @@ def test_card_yaml_is_written_from_base_and_the_table(name: str) -> None:
 def test_card_resolves_as_before(name: str, capsys, monkeypatch) -> None:
     """What ``--config configs/<card>.yaml`` gives: main's rtx4080 config with the card's table values. The one
     intended change: every card now spells out the fast-path settings (``model.speed``) that only h100.yaml wrote;
-    before, ``speed: null`` meant the same defaults (``SummarizationModule`` uses ``speed or SpeedSettings()``)."""
+    before, ``speed: null`` meant the same defaults (``SummarizationModule`` uses ``speed or SpeedSettings()``). Data
+    options added since appear with their defaults."""
     card = _resolved(capsys, monkeypatch, "--config", str(CONFIGS / f"{name}.yaml"))
     p = PROFILES[name]
     before = yaml.safe_load(RTX4080_BEFORE.read_text(encoding="utf-8"))
     before["model"]["speed"] = dataclasses.asdict(SpeedSettings())
+    before["data"]["group_by_target"] = True  # added since, on by default (two-part length grouping)
     before["trainer"]["default_root_dir"] = f"outputs/{name}"
     before["trainer"]["precision"] = p.precision
     before["data"]["batch_size"] = before["data"]["eval_batch_size"] = p.batch_size
