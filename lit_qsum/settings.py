@@ -121,6 +121,10 @@ class SpeedSettings:
     fused_rms_norm: bool = True
     """T5's and Llama-family RMS norms as one ``F.rms_norm`` kernel each way instead of five or six elementwise ones
     (the same float32 math)."""
+    one_pass_rms_norm: bool = False
+    """With ``fused_rms_norm``, under bf16: the casts and the weight's multiply folded into that kernel too (one kernel
+    each way instead of four; float32 math, one rounding instead of two, so within one bf16 rounding of transformers').
+    Off until a GPU run has timed it."""
     contiguous_attention_bias: bool = True
     """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel, and (under
     checkpointing) build the zero bias of layers without one as a constant, not a tensor that requires grad."""

@@ -40,8 +40,9 @@ def apply_speedups(
         names = ", ".join(sorted(compat.keep_in_fp32_module_names(model.modules())))
         report.append(f"fast path: {cast} frozen float32 weights of {names} layers "
                       "stored in bf16 (bf16 autocast computes them in bf16 anyway)")
-    if speed.fused_rms_norm and (norms := fuse_rms_norms(model)):
-        report.append(f"fast path: {norms} RMS norms run as one fused F.rms_norm each")
+    if speed.fused_rms_norm and (norms := fuse_rms_norms(model, one_pass=speed.one_pass_rms_norm)):
+        how = "one fused kernel with the weight and casts" if speed.one_pass_rms_norm else "one fused F.rms_norm"
+        report.append(f"fast path: {norms} RMS norms run as {how} each")
     if speed.contiguous_attention_bias and (biased := contiguous_position_bias(model)):
         report.append(f"fast path: {biased} T5 position biases laid out contiguously (fused SDPA attention)")
     if speed.contiguous_attention_bias and gradient_checkpointing and (zeros := constant_zero_bias(model)):

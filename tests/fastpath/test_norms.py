@@ -87,3 +87,67 @@ def test_qlora_t5_with_fused_norms_gives_the_loss_and_lora_gradients(checkpointi
     assert want
     for name, grad in want.items():
         torch.testing.assert_close(got[name], grad, rtol=2e-2, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["t5", "qwen2"])
+@pytest.mark.parametrize(("weight_dtype", "input_dtype"), [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                                           (torch.float32, torch.float32)])
+def test_the_one_pass_norm_is_within_one_rounding_of_transformers(kind, weight_dtype, input_dtype) -> None:
+    """bf16 input and weight: one kernel, one rounding; other dtype mixes keep the two-pass forward (exact)."""
+    plain = _norm(kind, weight_dtype)
+    one_pass = copy.deepcopy(plain)
+    assert fuse_rms_norms(one_pass, one_pass=True) == 1
+    x = (torch.randn(2, 5, 48, generator=torch.Generator().manual_seed(1)) * 3).to(input_dtype)
+    upstream = torch.randn(2, 5, 48, generator=torch.Generator().manual_seed(2))
+    results = []
+    for norm in (plain, one_pass):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = norm(xi)
+        (out.float() * upstream).sum().backward()
+        results.append((out, xi.grad))
+    (want, want_dx), (got, got_dx) = results
+    assert got.dtype == want.dtype
+    if torch.bfloat16 in (weight_dtype, input_dtype):
+        # one bf16 rounding apart at most: |y| < 16 here, where a bf16 step is at most 2^-4
+        torch.testing.assert_close(got, want, rtol=8e-3, atol=1e-2)
+        torch.testing.assert_close(got_dx, want_dx, rtol=2e-2, atol=2e-2)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if weight_dtype == input_dtype == torch.bfloat16:
+        assert not torch.equal(got, want)  # the one-pass path ran: one rounding, not two
+
+
+def test_qlora_t5_with_one_pass_norms_gives_the_loss_and_lora_gradients() -> None:
+    _, plain = load_tiny("t5", "qlora", True, dropout=0.05)
+    with torch.no_grad():
+        for name, param in plain.named_parameters():
+            if "layer_norm" in name:
+                param.normal_(1.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    one_pass = copy.deepcopy(plain)
+    settings = {"device": torch.device("cpu"), "gradient_checkpointing": True, "precision": "bf16-mixed"}
+    apply_speedups(plain, SpeedSettings(), **settings)
+    lines = apply_speedups(one_pass, SpeedSettings(one_pass_rms_norm=True), **settings)
+    assert any("12 RMS norms run as one fused kernel with the weight" in line for line in lines), lines
+    batch = tiny_batch("t5", plain.config.vocab_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want_loss, want = loss_and_grads(plain, batch, seed=5)
+        got_loss, got = loss_and_grads(one_pass, batch, seed=5)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-3, atol=1e-4)
+    assert want
+    for name, grad in want.items():
+        torch.testing.assert_close(got[name], grad, rtol=5e-2, atol=1e-3, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_one_pass_norm_stays_in_bf16_under_cuda_autocast() -> None:
+    """CUDA autocast runs rms_norm in float32; the one-pass norm calls the kernel below it, so bf16 stays bf16."""
+    norm = _norm("t5", torch.bfloat16).cuda()
+    fuse_rms_norms(norm, one_pass=True)
+    x = torch.randn(4, 48, device="cuda", dtype=torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = norm(x)
+    assert out.dtype == torch.bfloat16
+    want = _norm("t5", torch.bfloat16).cuda()(x)
+    torch.testing.assert_close(out, want, rtol=8e-3, atol=1e-2)
