@@ -4,10 +4,12 @@
 # Everything writes under /tmp, so the tests on GPU 1 never see a benchmark write the checkout's outputs/.
 # 30 timed steps (not 6-8): the two-part length grouping (--data.group_by_target, on) needs an epoch of more than a
 # handful of batches to group targets, as users' epochs are; "ungrouped" is the grouping of session 7 and before.
-# GPU 0: t5-large mb16: recipe, defaults, ungrouped, cuDNN attention (a replay skips its per-shape planning; its sm90
-#        kernels may beat the sm80 memory-efficient one), then bart-large mb16 recipe/defaults.
-# GPU 1: the non-compiled CUDA-graph tests (25 s), then t5-large mb64: recipe, defaults, ungrouped; then the Unsloth
-#        backend against the plain loop, both padded to 8, with kernel + host tables.
+# GPU 0: t5-large mb16: recipe, defaults, ungrouped, one-pass RMS norms (speed.one_pass_rms_norm), cuDNN attention (a
+#        replay skips its per-shape planning; its sm90 kernels may beat the sm80 memory-efficient one), then bart-large
+#        mb16 recipe/defaults. Defaults now include the fused LoRA backward's single addcmul_ pass.
+# GPU 1: the non-compiled CUDA-graph tests and the one-pass norm's dtype test (30 s), then t5-large mb64: recipe,
+#        defaults, ungrouped; then the decoder: the Unsloth backend against the plain loop, both padded to 8, with
+#        kernel + host tables, and lit-qsum's QLoRA defaults against one-pass norms.
 set -u
 export PYTHONPATH=$PWD/.device-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LIT_QSUM_CACHE=/tmp/lq-cache \
   TOKENIZERS_PARALLELISM=false
@@ -19,11 +21,13 @@ left() { echo $(( 545 - ($(date +%s) - S) )); }
 PAD='"data":{"pad_to_multiple_of":64}'
 UNGROUPED='"data":{"pad_to_multiple_of":64,"group_by_target":false}'
 CUDNN='"module":{"speed":{"cudnn_attention":true}}'
+ONEPASS='"module":{"speed":{"one_pass_rms_norm":true}}'
 (
   export CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor0
   python benchmarks/speed.py --shapes t5-large --tools hf lit-qsum --warmup 10 --steps 30 --what speed-grouped-t5-mb16 \
-    --lit-variant "default={$PAD}" --lit-variant "ungrouped={$UNGROUPED}" --lit-variant "cudnn-attention={$CUDNN,$PAD}" \
-    --worker-timeout 150 --deadline-s 330 --logs $W/logs --out $W/res > $W/gpu0-t5.log 2>&1
+    --lit-variant "default={$PAD}" --lit-variant "ungrouped={$UNGROUPED}" --lit-variant "one-pass-norms={$ONEPASS,$PAD}" \
+    --lit-variant "cudnn-attention={$CUDNN,$PAD}" --worker-timeout 150 --deadline-s 420 --logs $W/logs --out $W/res \
+    > $W/gpu0-t5.log 2>&1
   python benchmarks/speed.py --shapes bart-large --tools hf lit-qsum --warmup 10 --steps 30 \
     --what speed-grouped-bart-mb16 --lit-variant "default={$PAD}" --worker-timeout 100 --deadline-s $(left) \
     --logs $W/logs --out $W/res > $W/gpu0-bart.log 2>&1
@@ -32,13 +36,15 @@ P0=$!
 (
   export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor1
   timeout -k 5 100 python -m pytest -m gpu -v -rA --tb=short -p no:cacheprovider -o faulthandler_timeout=0 \
-    --timeout 80 tests/fastpath/test_cuda_graphs.py -k "not compiled and not True-True and not True]" \
+    --timeout 80 tests/fastpath/test_cuda_graphs.py tests/fastpath/test_norms.py \
+    -k "not compiled and not True-True and not True]" \
     > $W/gpu1-graphs-tests.log 2>&1; echo "rc=$?" >> $W/gpu1-graphs-tests.log
   python benchmarks/speed.py --shapes t5-large --tools hf lit-qsum --warmup 10 --steps 30 --micro-batch 64 \
     --what speed-grouped-t5-mb64 --lit-variant "default={$PAD}" --lit-variant "ungrouped={$UNGROUPED}" \
     --worker-timeout 200 --deadline-s 400 --logs $W/logs --out $W/res > $W/gpu1-t5-mb64.log 2>&1
   LIT_QSUM_SPEED_PROFILE=$W/prof python benchmarks/speed.py --shapes qwen2.5-1.5b --tools unsloth lit-qsum --steps 6 \
-    --what speed-unsloth-backend-pad8 --lit-variant 'unsloth-backend-pad8={"module":{"backend":"unsloth"}}' \
+    --what speed-decoder-2 --lit-variant 'unsloth-backend-pad8={"module":{"backend":"unsloth"}}' \
+    --lit-variant "default={$PAD}" --lit-variant "one-pass-norms={$ONEPASS,$PAD}" \
     --worker-timeout 120 --deadline-s $(left) --logs $W/logs --out $W/res > $W/gpu1-unsloth.log 2>&1
 ) &
 P1=$!
