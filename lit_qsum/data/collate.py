@@ -89,6 +89,11 @@ class CausalCollator:
     labels -100 on the prompt and the padding. ``prompt_input_ids``/``prompt_attention_mask``: the
     prompts alone, left-padded so generation continues right after each prompt. Features without
     ``target_ids`` (predict) get only the prompt tensors.
+
+    ``target_positions``/``target_labels`` ``[B, T]`` (T: the longest target, rounded up): for each row, the
+    positions whose hidden state predicts a target token, and that token (-100 past the row's target). They
+    are the label tokens of ``labels`` after the causal shift, in order: the chunked loss reads the hidden
+    states there instead of making logits for every prompt position (``fastpath.chunked_loss``).
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8) -> None:
@@ -109,9 +114,24 @@ class CausalCollator:
             label_rows = [[IGNORE_INDEX] * len(f["prompt_ids"]) + list(f["target_ids"]) for f in features]
             labels, _ = pad(label_rows, IGNORE_INDEX, self.pad_to_multiple_of)
             batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            batch.update(zip(("target_positions", "target_labels"), target_rows(features, self.pad_to_multiple_of)))
         batch["index"] = torch.as_tensor([f["index"] for f in features], dtype=torch.long)
         batch["num_tokens"] = count_tokens(batch)
         return batch
+
+
+def target_rows(features: Sequence[dict[str, Any]], multiple: int) -> tuple[Tensor, Tensor]:
+    """(positions, labels) ``[B, T]``: target token ``k`` of row ``i`` is predicted at position ``len(prompt) + k - 1``;
+    padding entries point at position 0 with label -100 (so does a first target token with no prompt before it)."""
+    width = _round_up(max((len(f["target_ids"]) for f in features), default=0), multiple)
+    positions = torch.zeros((len(features), width), dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+    for row, f in enumerate(features):
+        start, target = len(f["prompt_ids"]) - 1, list(f["target_ids"])
+        first = 1 if start < 0 else 0  # no prompt: nothing predicts the first target token
+        positions[row, first : len(target)] = torch.arange(start + first, start + len(target))
+        labels[row, first : len(target)] = torch.as_tensor(target[first:], dtype=torch.long)
+    return positions, labels
 
 
 class WithRecordFields:

@@ -8,6 +8,11 @@ reduced to the chunk's loss and dropped, and the backward makes them again to ge
 The LM head is frozen (LoRA adapts attention and MLP layers), so no gradient of its weight is needed. It costs one
 more ``[rows, hidden] x [hidden, vocab]`` GEMM per chunk; there are no host syncs, so it can be captured.
 
+Only the rows that predict a label token need logits. A summarizer's row is a prompt (the dialogue, most of the row,
+label -100) and then the summary, so ``causal_lm_loss`` takes the hidden states at the collator's
+``target_positions`` (a static ``[batch, longest summary]`` shape, as a CUDA graph needs) instead of every position:
+the head's GEMMs and its float32 softmax passes shrink by the prompt's share of the row.
+
 The arithmetic is transformers': logits in the compute dtype (autocast's, else the hidden states'), upcast to
 float32, ``logsumexp - logit[label]`` per label token, the sum divided by the number of label tokens (NaN when
 there are none, as ``cross_entropy(reduction="mean")`` gives).
@@ -102,6 +107,15 @@ def plain_head_causal_lm(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 def causal_lm_loss(lm: torch.nn.Module, batch: dict[str, torch.Tensor], *, chunk_rows: int | None = None) -> torch.Tensor:
-    """transformers' causal-LM training loss of ``batch`` (labels shifted by one) through ``linear_cross_entropy``."""
+    """transformers' causal-LM training loss of ``batch`` (labels shifted by one) through ``linear_cross_entropy``.
+
+    With the collator's ``target_positions``/``target_labels``, only the hidden states that predict a target token
+    go through the head: a summary's loss skips the prompt's positions, most of each row (the same label tokens,
+    so the same loss). Without them, every position does, as transformers computes it.
+    """
     hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    if "target_positions" in batch:
+        positions = batch["target_positions"]
+        rows = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return linear_cross_entropy(rows, lm.lm_head.weight, batch["target_labels"], chunk_rows=chunk_rows)
     return linear_cross_entropy(hidden[:, :-1], lm.lm_head.weight, batch["labels"][:, 1:], chunk_rows=chunk_rows)

@@ -21,8 +21,8 @@ from lit_qsum.distributed import grad_sync
 
 Batch = dict[str, Any]
 Key = tuple[tuple[str, tuple[int, ...]], ...]
-# what the training loss reads from a batch (SummarizationModule._loss)
-INPUT_KEYS = ("input_ids", "attention_mask", "labels")
+# what the training loss reads from a batch (SummarizationModule._loss; the chunked causal loss reads the targets' rows)
+INPUT_KEYS = ("input_ids", "attention_mask", "labels", "target_positions", "target_labels")
 
 
 @dataclass

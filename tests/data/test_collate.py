@@ -80,3 +80,24 @@ def test_num_tokens_counts_what_each_task_trains_on_and_chunks_recount_it():
     for batch in (seq2seq, causal):
         parts = split_batch(batch, 1)
         assert sum(int(p["num_tokens"]) for p in parts) == int(batch["num_tokens"])
+
+
+def test_causal_target_rows_are_the_shifted_label_tokens() -> None:
+    """``target_positions``/``target_labels``: each row's label tokens after the causal shift, in order, padded."""
+    import random
+
+    from lit_qsum.data.collate import CausalCollator
+
+    rng = random.Random(7)
+    features = [{"prompt_ids": [rng.randrange(5, 50) for _ in range(rng.randint(0, 20))],
+                 "target_ids": [rng.randrange(5, 50) for _ in range(rng.randint(1, 12))], "index": i} for i in range(9)]
+    batch = CausalCollator(pad_token_id=0, pad_to_multiple_of=8)(features)
+    positions, targets = batch["target_positions"], batch["target_labels"]
+    assert positions.shape == targets.shape == (9, 16)
+    shifted = batch["labels"][:, 1:]
+    for row, f in enumerate(features):
+        valid = targets[row] != -100
+        want = shifted[row][shifted[row] != -100]
+        assert targets[row][valid].tolist() == want.tolist()  # the same tokens, in order
+        assert shifted[row][positions[row][valid]].tolist() == want.tolist()  # read where the shift puts them
+        assert len(want) == len(f["target_ids"]) - (1 if not f["prompt_ids"] else 0)

@@ -60,6 +60,29 @@ def test_chunked_loss_gives_the_models_loss_and_lora_gradients(kind: str, chunk_
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_the_target_rows_alone_give_the_models_loss_and_lora_gradients(kind: str) -> None:
+    """With the collator's target positions only the rows that predict a summary token reach the head: the loss and
+    the adapters' gradients of every position's logits."""
+    from lit_qsum.data.collate import CausalCollator
+
+    model = _model(kind)
+    gen = torch.Generator().manual_seed(4)
+    features = [{"prompt_ids": torch.randint(3, 97, (p,), generator=gen).tolist(),
+                 "target_ids": torch.randint(3, 97, (t,), generator=gen).tolist(), "index": i}
+                for i, (p, t) in enumerate([(9, 3), (4, 7), (13, 1), (1, 5)])]
+    batch = CausalCollator(pad_token_id=0, pad_to_multiple_of=4)(features)
+    assert batch["target_positions"].shape == (4, 8) and int((batch["target_labels"] != -100).sum()) == 16
+    lm = plain_head_causal_lm(model)
+    model_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    want_loss, want = _loss_and_grads(model, lambda: model(**model_batch).loss)
+    got_loss, got = _loss_and_grads(model, lambda: causal_lm_loss(lm, batch, chunk_rows=5))
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=1e-6)
+    assert want.keys() == got.keys() and want
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_chunked_loss_under_bf16_autocast_matches_the_model() -> None:
     """Logits in bf16, upcast to float32, as transformers computes them under autocast."""
     model = _model("llama")
