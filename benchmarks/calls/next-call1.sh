@@ -8,8 +8,9 @@
 #        replay skips its per-shape planning; its sm90 kernels may beat the sm80 memory-efficient one), then bart-large
 #        mb16 recipe/defaults. Defaults now include the fused LoRA backward's single addcmul_ pass.
 # GPU 1: the non-compiled CUDA-graph tests and the one-pass norm's dtype test (30 s), then t5-large mb64: recipe,
-#        defaults, ungrouped; then the decoder: the Unsloth backend against the plain loop, both padded to 8, with
-#        kernel + host tables, and lit-qsum's QLoRA defaults against one-pass norms.
+#        defaults, ungrouped; then the decoder row in one call: recipe, lit-qsum's QLoRA defaults (now with the loss over
+#        the target rows only) and with one-pass norms, the Unsloth backend against the plain loop (both padded to 8),
+#        with kernel + host tables.
 set -u
 export PYTHONPATH=$PWD/.device-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LIT_QSUM_CACHE=/tmp/lq-cache \
   TOKENIZERS_PARALLELISM=false
@@ -42,7 +43,7 @@ P0=$!
   python benchmarks/speed.py --shapes t5-large --tools hf lit-qsum --warmup 10 --steps 30 --micro-batch 64 \
     --what speed-grouped-t5-mb64 --lit-variant "default={$PAD}" --lit-variant "ungrouped={$UNGROUPED}" \
     --worker-timeout 200 --deadline-s 400 --logs $W/logs --out $W/res > $W/gpu1-t5-mb64.log 2>&1
-  LIT_QSUM_SPEED_PROFILE=$W/prof python benchmarks/speed.py --shapes qwen2.5-1.5b --tools unsloth lit-qsum --steps 6 \
+  LIT_QSUM_SPEED_PROFILE=$W/prof python benchmarks/speed.py --shapes qwen2.5-1.5b --tools hf lit-qsum unsloth --steps 6 \
     --what speed-decoder-2 --lit-variant 'unsloth-backend-pad8={"module":{"backend":"unsloth"}}' \
     --lit-variant "default={$PAD}" --lit-variant "one-pass-norms={$ONEPASS,$PAD}" \
     --worker-timeout 120 --deadline-s $(left) --logs $W/logs --out $W/res > $W/gpu1-unsloth.log 2>&1
