@@ -11,6 +11,7 @@ import torch
 
 from conftest import FakeMemory, padded_tokens
 from lit_qsum.callbacks import LongestBatchSizeFinder, OOMBatchSizeScaler
+from lit_qsum.data.length_grouped_sampler import LongestBatchSampler
 from lit_qsum.errors import UserInputError
 
 pytestmark = pytest.mark.slow  # real fits through the Trainer, ~25-50 s per file on 2 CPU cores
@@ -20,11 +21,16 @@ BUDGET = 3000  # padded input + label tokens a training batch may hold
 
 
 def _largest_longest_batch_that_fits(data: Any) -> int:
-    """Brute force: the largest size whose batch of the longest samples costs at most BUDGET (cost grows with size)."""
+    """Brute force: the largest size whose probe batch (the longest samples, with the longest dialogue and the longest
+    summary among them) costs at most BUDGET (cost grows with size)."""
     split = data._split("train")
     collate = data.train_dataloader().collate_fn
-    longest = sorted(range(N), key=lambda i: -split.lengths[i])
-    return max(s for s in range(1, N + 1) if padded_tokens(collate([split.features[i] for i in longest[:s]])) <= BUDGET)
+    return max(s for s in range(1, N + 1)
+               if padded_tokens(collate([split.features[i] for i in _probe(data, s)])) <= BUDGET)
+
+
+def _probe(data: Any, size: int) -> list[int]:
+    return next(iter(LongestBatchSampler(data._split("train").parts, size)))
 
 
 def _training_state(trainer: Any, pl_module: Any) -> dict[str, Any]:
@@ -110,9 +116,8 @@ def test_finds_the_size_of_the_longest_batch_keeps_a_margin_and_restores_state(
     assert finder.found_batch_size == expected
     final = max(1, math.floor(expected * 0.9))
     assert finder.optimal_batch_size == data.batch_size == final
-    # every trial batch was the longest samples for its size, never a random batch; sizes past the budget failed
-    longest = sorted(range(N), key=lambda i: -data._split("train").lengths[i])
-    assert all(sorted(batch) == sorted(longest[: len(batch)]) for batch in probed)
+    # every trial batch was the probe batch for its size, never a random batch; sizes past the budget failed
+    assert all(sorted(batch) == sorted(_probe(data, len(batch))) for batch in probed)
     assert {2, 4, expected} <= {len(batch) for batch in probed}
     assert memory.ooms and min(memory.ooms) > expected
     # what the trials changed is back: weights, optimizer, scheduler, counters, data position, loops, RNG
