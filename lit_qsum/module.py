@@ -268,7 +268,10 @@ class SummarizationModule(L.LightningModule):
         if not losses:
             return None
         loss = torch.stack(losses).mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
+        # to the loggers only, as a tensor read when Lightning writes the logs (every log_every_n_steps): a progress-bar
+        # metric is read every step, which makes the host wait for the GPU. SummarizationProgressBar shows
+        # engine.last_loss instead, the last optimizer step's loss that the host already has.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
         return loss
 
     @override
@@ -437,6 +440,7 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def on_train_end(self) -> None:
+        self.engine.resolve_pending(log=False)  # the last step's NaN/Inf count
         if self.engine.graphs is not None:
             rank_zero_info(self.engine.graphs.summary())
             self.engine.graphs = None  # their memory pool goes back for whatever runs next in this process
@@ -483,6 +487,7 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.engine.resolve_pending(log=False)  # the counts it saves include the last step's
         if self.model is not None:
             checkpoint_contents.save_training_state(self, checkpoint)
 

@@ -74,6 +74,15 @@ class NonfiniteCounts:
     total: int = 0
 
 
+@dataclass
+class PendingStep:
+    """An optimizer step whose NaN/Inf count and mean loss are still on their way to the host (``StepEngine``'s
+    sync-free step): a copy enqueued after the step's backward, read at the next optimizer step, by when it is done."""
+
+    values: torch.Tensor  # [count, mean loss], pinned host memory on CUDA
+    ready: torch.cuda.Event | None
+
+
 class StepEngine:
     """Runs the training steps of a LightningModule with ``automatic_optimization = False``.
 
@@ -109,6 +118,12 @@ class StepEngine:
         self._syncs_per_step = False  # set at train start: under DDP the engine averages gradients itself
         self._trainable_params: list[torch.nn.Parameter] | None = None
         self._resumed_open_step: dict[str, Any] | None = None
+        # the open optimizer step's summed micro-batch losses (device) and their number; a sum, not the tensors, since
+        # a CUDA graph's loss is overwritten by its next replay
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self.pending: PendingStep | None = None
+        self.last_loss: float | None = None  # mean loss of the last optimizer step read back (the progress bar's)
 
     def setup_train(
         self,
@@ -164,6 +179,9 @@ class StepEngine:
 
         """
         losses = self._backward_batch(batch)
+        for loss in losses:
+            self._loss_sum = loss.float() if self._loss_sum is None else self._loss_sum + loss.float()
+            self._loss_count += 1
         self._maybe_optimizer_step()
         return losses
 
@@ -254,8 +272,13 @@ class StepEngine:
         if state.micro_batches_done < state.accumulate_grad_batches and not last:
             return
         state.micro_batches_done = 0
-        nonfinite, smallest = self._agree_on_step()
         optimizer = module.optimizers()
+        if self._skips_on_device(optimizer):
+            self._step_without_sync(optimizer)
+            return
+        nonfinite, smallest = self._agree_on_step()
+        mean = self._take_mean_loss()
+        self.last_loss = None if mean is None else float(mean)  # read after the agreement's sync: no extra wait
         # captured steps add into fixed gradient tensors: zero those in place instead of dropping them
         set_to_none = self.graphs is None or not self.graphs.keeps_grads
         if nonfinite:
@@ -274,6 +297,82 @@ class StepEngine:
             handler = find_oom_handler(module.trainer)
             if handler is not None:
                 handler.adopt_micro_batch(module.trainer, module, smallest)
+
+    # ---- the optimizer step without a host sync -----------------------------------------------------------------------
+    def _skips_on_device(self, optimizer: Any) -> bool:
+        """Whether this step can skip a NaN/Inf update on the device instead of reading the count first: one process,
+        no OOM fallback to agree on, bf16/fp32 (a 16-mixed GradScaler reads its own flags), and torch's fused
+        Adam/AdamW, whose kernel takes ``found_inf`` and then leaves weights, moments and step count as they were."""
+        inner = getattr(optimizer, "optimizer", optimizer)
+        return (
+            not self.syncs_gradients_per_step
+            and not self.sharded
+            and self.micro_batch.pending_micro_batch_size is None
+            and self.module.trainer.world_size == 1
+            and "16-mixed" not in str(self.module.trainer.precision)
+            and type(inner) in (torch.optim.Adam, torch.optim.AdamW)
+            and all(group.get("fused") for group in inner.param_groups)
+        )
+
+    def _step_without_sync(self, optimizer: Any) -> None:
+        """The optimizer step with no host read: a NaN/Inf loss makes the fused kernel skip the update on the device.
+
+        The host learns of it at the next optimizer step (``resolve_pending``), from a copy enqueued now, which is
+        done by then: it warns, counts and stops after ``max_consecutive_nonfinite`` in a row as the synced step
+        does, one step later. Unlike that step, a skipped one still counts (global step, LR schedule), as steps
+        torch.amp's GradScaler skips do. The host meanwhile queues the next batch while the GPU works.
+        """
+        self.resolve_pending()
+        counted, self.nonfinite.in_step = self.nonfinite.in_step, None
+        mean = self._take_mean_loss()
+        module = self.module
+        if not self._has_grads():
+            return
+        inner = getattr(optimizer, "optimizer", optimizer)
+        device = self.trainable()[0].device
+        count = torch.zeros((), device=device) if counted is None else counted.to(torch.float32)
+        inner.found_inf = (count > 0).to(torch.float32)
+        try:
+            optimizer.step()  # clips in on_before_optimizer_step; NaN gradients give a NaN norm, skipped all the same
+        finally:
+            del inner.found_inf
+        optimizer.zero_grad(set_to_none=self.graphs is None or not self.graphs.keeps_grads)
+        scheduler = module.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        values = torch.stack([count, torch.full((), float("nan"), device=device) if mean is None else mean])
+        if values.is_cuda:
+            host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            self.pending = PendingStep(host, ready)
+        else:
+            self.pending = PendingStep(values, None)
+
+    def _take_mean_loss(self) -> torch.Tensor | None:
+        """The open step's mean micro-batch loss (device), and start the next step's sum."""
+        total, count = self._loss_sum, self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+        return None if total is None else total / count
+
+    def resolve_pending(self, log: bool = True) -> None:
+        """Read the last sync-free step's outcome (waiting, if at all, for that step only) and do its bookkeeping.
+
+        Called at the next optimizer step and wherever the counts must be final: at the end of training and before
+        a checkpoint is written. ``log``: also log ``train/nonfinite_steps`` (only inside a training step).
+        """
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        if pending.ready is not None:
+            pending.ready.synchronize()
+        count, loss = (float(v) for v in pending.values.tolist())
+        self.last_loss = loss
+        if count:
+            self._on_nonfinite_step(int(count), log=log)
+        else:
+            self.nonfinite.in_a_row = 0
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip by norm; call it from ``on_before_optimizer_step``, inside ``optimizer.step()``.
@@ -307,11 +406,12 @@ class StepEngine:
         )
         return int(nonfinite), (None if math.isinf(neg_size) else int(-neg_size))
 
-    def _on_nonfinite_step(self, count: int) -> None:
+    def _on_nonfinite_step(self, count: int, log: bool = True) -> None:
         module, counts = self.module, self.nonfinite
         counts.in_a_row += 1
         counts.total += 1
-        module.log("train/nonfinite_steps", float(counts.total), on_step=True, on_epoch=False)
+        if log:
+            module.log("train/nonfinite_steps", float(counts.total), on_step=True, on_epoch=False)
         where = " on at least one rank" if module.trainer.world_size > 1 else ""
         rank_zero_warn(
             f"step {module.global_step}: {count} micro-batch loss(es) were NaN/Inf{where}; "

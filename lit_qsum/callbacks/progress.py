@@ -52,6 +52,14 @@ class SummarizationProgressBar(RichProgressBar):
             self.disable()  # no Rich rendering at all: the plain lines replace it
 
     @override
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        loss = _last_loss(pl_module)
+        if loss is not None:
+            items["train/loss"] = loss
+        return items
+
+    @override
     def _get_train_description(self, current_epoch: int) -> str:
         description = super()._get_train_description(current_epoch)
         if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:  # bounded by steps, not epochs
@@ -76,7 +84,9 @@ class SummarizationProgressBar(RichProgressBar):
     def step_line(self, trainer: L.Trainer, step: int) -> str:
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         parts = [f"step {step}" + (f"/{total} ({100 * step / total:.0f}%)" if total else ""), f"epoch {trainer.current_epoch}"]
-        loss = trainer.progress_bar_metrics.get("train/loss")
+        loss = _last_loss(trainer.lightning_module)
+        if loss is None:
+            loss = trainer.progress_bar_metrics.get("train/loss")  # a module that puts its loss on the bar itself
         if loss is not None:
             parts.append(f"train/loss {float(loss):.4f}")
         if self._started is not None:
@@ -121,3 +131,8 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _last_loss(pl_module: L.LightningModule) -> float | None:
+    """The loss of the last optimizer step the host has read (lit-qsum's step engine), without waiting for the GPU."""
+    return getattr(getattr(pl_module, "engine", None), "last_loss", None)

@@ -1,6 +1,8 @@
 """NaN/Inf losses: the optimizer step holding one is skipped whole, counted, and a run of them stops with advice.
 
-The check is one device-side count read once per optimizer step, not a host sync per micro-batch."""
+The check is one device-side count read once per optimizer step, not a host sync per micro-batch. With torch's fused
+Adam/AdamW in one process (what lit-qsum picks on a GPU) it is not even a sync: the kernel skips the update on the
+device, and the host reads the count at the next step, when it is long done."""
 
 from __future__ import annotations
 
@@ -8,18 +10,23 @@ import lightning.pytorch as L
 import pytest
 import torch
 
+from lit_qsum import checkpoint_contents
 from lit_qsum.data.datamodule import SummarizationDataModule
 from lit_qsum.distributed import grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.module import SummarizationModule
+from lit_qsum.steps import StepEngine
 
 TINY = {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 1,
         "num_decoder_layers": 1, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
 
 
-def fit(monkeypatch: pytest.MonkeyPatch, tmp_path, bad_calls: set[int], steps: int = 6, limit: int = 3, accumulate: int = 1):
+def fit(monkeypatch: pytest.MonkeyPatch, tmp_path, bad_calls: set[int], steps: int = 6, limit: int = 3, accumulate: int = 1,
+        fused: bool = False, callbacks: list | None = None):
+    """``fused``: torch's fused AdamW, as lit-qsum picks on a GPU: the step that skips on the device, without a sync."""
+    extra = {"optimizer": lambda params: torch.optim.AdamW(params, lr=1e-3, fused=True)} if fused else {}
     module = SummarizationModule(model_config=TINY, tokenizer="lit_qsum:demo", backend="lora", max_consecutive_nonfinite=limit,
-                                 accumulate_grad_batches=accumulate)
+                                 accumulate_grad_batches=accumulate, **extra)
     data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=64, max_eval_samples=4)
     real_loss, calls = SummarizationModule._loss, {"n": 0}
 
@@ -30,7 +37,8 @@ def fit(monkeypatch: pytest.MonkeyPatch, tmp_path, bad_calls: set[int], steps: i
 
     monkeypatch.setattr(SummarizationModule, "_loss", loss)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path, use_distributed_sampler=False)
+                        enable_progress_bar=False, default_root_dir=tmp_path, use_distributed_sampler=False,
+                        callbacks=callbacks or [])
     trainer.fit(module, data)
     return module, trainer
 
@@ -95,3 +103,79 @@ def test_gradient_clipping_sees_unscaled_gradients(tmp_path, precision) -> None:
     after = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
     moved = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(after[n] - before[n]) for n in before]))
     assert moved == pytest.approx(1e-4, rel=1e-3)  # the gradient norm is ~0.009: the clip is what bounds the step
+
+
+
+# ---- one process, fused AdamW: the step skips on the device and the host reads the count one step later ------------
+class StepRecorder(L.Callback):
+    """The adapter and the optimizer's state after every training batch, and whether the engine read anything."""
+
+    def __init__(self) -> None:
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.adam_steps: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.weights.append({n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad})
+        state = trainer.optimizers[0].state
+        self.adam_steps.append(float(next(iter(state.values()))["step"]) if state else 0.0)
+
+
+def test_fused_adamw_steps_skip_nan_updates_on_the_device_without_a_host_read(monkeypatch, tmp_path) -> None:
+    reads = {"agree": 0, "resolved": 0}
+    real_agree, real_resolve = grad_sync.agree, StepEngine.resolve_pending
+
+    def agree(values, device):
+        reads["agree"] += 1
+        return real_agree(values, device)
+
+    def resolve(self, log=True):
+        reads["resolved"] += self.pending is not None
+        return real_resolve(self, log)
+
+    monkeypatch.setattr(grad_sync, "agree", agree)
+    monkeypatch.setattr(StepEngine, "resolve_pending", resolve)
+    recorder = StepRecorder()
+    module, trainer = fit(monkeypatch, tmp_path, bad_calls={3}, steps=6, fused=True, callbacks=[recorder])
+    assert reads["agree"] == 0 and reads["resolved"] == 6  # no synced agreement; each step read back once
+    assert module.engine.nonfinite.total == 1 and module.engine.nonfinite.in_a_row == 0
+    # step 3's update was skipped on the device: weights and Adam's step count stay; the step still counts
+    assert all(torch.equal(recorder.weights[2][n], recorder.weights[1][n]) for n in recorder.weights[1])
+    assert not all(torch.equal(recorder.weights[3][n], recorder.weights[2][n]) for n in recorder.weights[2])
+    assert recorder.adam_steps == [1.0, 2.0, 2.0, 3.0, 4.0, 5.0]
+    assert trainer.global_step == 6
+    assert all(torch.isfinite(p).all() for p in module.model.parameters() if p.requires_grad)
+    assert module.engine.last_loss is not None and module.engine.pending is None  # the last step read at train end
+
+
+def test_the_sync_free_step_trains_as_the_synced_step_does(monkeypatch, tmp_path) -> None:
+    """No NaN: the same weights whether the fused step skips nothing on the device or reads the count first."""
+    L.seed_everything(1)
+    deferred, _ = fit(monkeypatch, tmp_path / "a", bad_calls=set(), steps=4, fused=True, accumulate=2)
+    monkeypatch.setattr(StepEngine, "_skips_on_device", lambda self, optimizer: False)
+    L.seed_everything(1)
+    synced, _ = fit(monkeypatch, tmp_path / "b", bad_calls=set(), steps=4, fused=True, accumulate=2)
+    reference = dict(synced.model.named_parameters())
+    for name, param in deferred.model.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param, reference[name]), name
+    assert deferred.engine.last_loss == pytest.approx(synced.engine.last_loss)
+
+
+def test_a_run_of_nan_losses_stops_the_sync_free_step_too(monkeypatch, tmp_path) -> None:
+    with pytest.raises(UserInputError, match="3 optimizer steps in a row had non-finite losses"):
+        fit(monkeypatch, tmp_path, bad_calls=set(range(1, 100)), steps=8, fused=True)
+
+
+def test_a_checkpoint_counts_the_step_before_it(monkeypatch, tmp_path) -> None:
+    """The last step's NaN count is read before a checkpoint saves the counts (and at train end)."""
+    saved = []
+
+    class Saver(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            if trainer.global_step == 2:  # right after step 2, whose loss was NaN: its count is still pending
+                trainer.save_checkpoint(tmp_path / "step2.ckpt")
+                state = torch.load(tmp_path / "step2.ckpt", weights_only=False)[checkpoint_contents.STATE_KEY]
+                saved.append(state["nonfinite_total"])
+
+    module, _ = fit(monkeypatch, tmp_path, bad_calls={2}, steps=3, fused=True, callbacks=[Saver()])
+    assert saved == [1] and module.engine.nonfinite.total == 1
