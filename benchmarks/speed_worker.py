@@ -365,7 +365,8 @@ def lit_loader(spec: dict[str, Any], features: list[dict], data: dict[str, Any])
     sampler = LengthGroupedBatchSampler([feature_parts(f) for f in features], spec["micro_batch"], seed=spec["seed"],
                                         bucket=data["pad_to_multiple_of"] if data["group_by_target"] else None)
     return DataLoader(features, batch_sampler=sampler,  # type: ignore[arg-type]  # a list is a map-style dataset
-                      collate_fn=collator(spec, data["pad_to_multiple_of"]), num_workers=0)
+                      collate_fn=collator(spec, data["pad_to_multiple_of"]), num_workers=0,
+                      pin_memory=not spec["smoke"])  # as the data module does on a GPU
 
 
 def train_unsloth_loop(

@@ -262,6 +262,10 @@ class SummarizationDataModule(LightningDataModule):
             raise RuntimeError(f"{split} data is not loaded; call setup({stage!r}) first")
         return self._splits[split]
 
+    def _on_cuda(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def _sharding(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -276,6 +280,9 @@ class SummarizationDataModule(LightningDataModule):
             collate_fn=WithRecordFields(collate(self.tokenizer.pad_token_id, self.pad_to_multiple_of), data.records),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # page-locked batches: the copy to the GPU is asynchronous; from pageable memory it waits for the GPU to
+            # finish all queued work first, a host sync per step
+            pin_memory=self._on_cuda(),
             # its own generator: without one, every new iterator (each epoch, each validation) draws its workers'
             # base seed from the global torch RNG, after a resume restored it, and shifts every later dropout mask
             generator=torch.Generator().manual_seed(self.seed),

@@ -250,3 +250,19 @@ def test_batch_size_finder_sets_the_size_the_next_epoch_uses(tmp_path):
     trained = [names for _, names in model.seen][-16:]  # after the trial steps
     assert [len(names) for names in trained] == [4] * 16
     assert sorted(f for names in trained for f in names) == sorted(r.fname for r in dm._splits["train"].records)
+
+
+def test_batches_are_page_locked_for_a_gpu_run_only(fitted):
+    """On a GPU, pinned batches make Lightning's copy to the device asynchronous (from pageable memory it waits for the
+    GPU's queued work: a host sync per step); on the CPU there is nothing to pin for."""
+    from types import SimpleNamespace
+
+    import torch
+
+    assert fitted.train_dataloader().pin_memory is False  # no trainer: a CPU run
+    gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), world_size=1, global_rank=0)
+    fitted.trainer = gpu
+    try:
+        assert fitted.train_dataloader().pin_memory is True and fitted.val_dataloader().pin_memory is True
+    finally:
+        fitted.trainer = None
