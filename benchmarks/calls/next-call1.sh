@@ -7,7 +7,8 @@
 # GPU 0: t5-large mb16: recipe, defaults, ungrouped, one-pass RMS norms (speed.one_pass_rms_norm), cuDNN attention (a
 #        replay skips its per-shape planning; its sm90 kernels may beat the sm80 memory-efficient one), then bart-large
 #        mb16 recipe/defaults. Defaults now include the fused LoRA backward's single addcmul_ pass.
-# GPU 1: the non-compiled CUDA-graph tests and the one-pass norm's dtype test (30 s), then t5-large mb64: recipe,
+# GPU 1: the non-compiled CUDA-graph tests, the one-pass norm's dtype test and the at-most-one-sync-per-step test
+#        (~40 s), then t5-large mb64: recipe,
 #        defaults, ungrouped; then the decoder row in one call: recipe, lit-qsum's QLoRA defaults (now with the loss over
 #        the target rows only) and with one-pass norms, the Unsloth backend against the plain loop (both padded to 8),
 #        with kernel + host tables.
@@ -37,7 +38,7 @@ P0=$!
 (
   export CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor1
   timeout -k 5 100 python -m pytest -m gpu -v -rA --tb=short -p no:cacheprovider -o faulthandler_timeout=0 \
-    --timeout 80 tests/fastpath/test_cuda_graphs.py tests/fastpath/test_norms.py \
+    --timeout 80 tests/fastpath/test_cuda_graphs.py tests/fastpath/test_norms.py tests/fastpath/test_step_syncs.py \
     -k "not compiled and not True-True and not True]" \
     > $W/gpu1-graphs-tests.log 2>&1; echo "rc=$?" >> $W/gpu1-graphs-tests.log
   python benchmarks/speed.py --shapes t5-large --tools hf lit-qsum --warmup 10 --steps 30 --micro-batch 64 \
