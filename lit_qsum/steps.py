@@ -276,6 +276,7 @@ class StepEngine:
         if self._skips_on_device(optimizer):
             self._step_without_sync(optimizer)
             return
+        self.resolve_pending()  # a sync-free step before this one (an OOM's pending size makes this one synced)
         nonfinite, smallest = self._agree_on_step()
         mean = self._take_mean_loss()
         self.last_loss = None if mean is None else float(mean)  # read after the agreement's sync: no extra wait

@@ -216,9 +216,12 @@ class TracingStandInGraphs(EagerStandInGraphs):
         return super()._record(key, batch, backward_context)
 
 
-def test_memory_too_small_for_a_captured_shape_reaches_the_oom_scaler(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_memory_too_small_for_a_captured_shape_reaches_the_oom_scaler(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                                      fused: bool) -> None:
     """A batch that can't fit runs out of memory twice: in its capture (the graphs free their memory and give it back)
-    and in the eager step that follows, where the OOM scaler halves the micro-batch; smaller shapes are captured."""
+    and in the eager step that follows, where the OOM scaler halves the micro-batch; smaller shapes are captured.
+    ``fused``: AdamW's fused kernel, as on a GPU, whose sync-free steps give way to a synced one for the OOM's step."""
     from lit_qsum.callbacks import OOMBatchSizeScaler
 
     monkeypatch.setattr(cuda_graphs, "unsupported_reason", lambda **_: None)
@@ -234,8 +237,10 @@ def test_memory_too_small_for_a_captured_shape_reaches_the_oom_scaler(tmp_path, 
     monkeypatch.setattr(SummarizationModule, "_loss", loss)
     EagerStandInGraphs.made.clear()
     scaler = OOMBatchSizeScaler(verbose=False)
+    optimizer = {"optimizer": lambda params: torch.optim.AdamW(params, lr=1e-3, fused=True)} if fused else {}
     module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="lora", init_seed=3,
-                                 lora=LoraSettings(rank=4, alpha=8, dropout=0.05), speed=SpeedSettings(cuda_graphs=True))
+                                 lora=LoraSettings(rank=4, alpha=8, dropout=0.05), speed=SpeedSettings(cuda_graphs=True),
+                                 **optimizer)
     data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=40, max_eval_samples=4,
                                    pad_to_multiple_of=32)
     trainer = L.Trainer(accelerator="cpu", max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False,
@@ -246,6 +251,8 @@ def test_memory_too_small_for_a_captured_shape_reaches_the_oom_scaler(tmp_path, 
     assert graphs.capture_ooms == 1 and graphs.on  # one capture ran out of memory: the graphs stay on for smaller shapes
     assert sizes[:4] == [4, 4, 4, 2]  # eager warm-up, the capture's OOM, the eager step's OOM, then halves
     assert trainer.global_step == 4 and graphs.stats.replays > 0
+    assert module.engine.pending is None and module.engine.last_loss is not None
+    assert all(torch.isfinite(p).all() for p in module.model.parameters() if p.requires_grad)
 
 
 # ---- on a GPU: a real capture computes the eager step ------------------------------------------------------------
