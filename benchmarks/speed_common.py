@@ -17,7 +17,8 @@ LOSS_CHECK_SAMPLES = 16
 # timed per loader batch, so accumulation stays 1
 HARNESS_OWNED = frozenset({"model_name_or_path", "model_config", "tokenizer", "optimizer", "scheduler",
                            "accumulate_grad_batches"})
-DATA_DEFAULTS = {"pad_to_multiple_of": 8, "group_by_target": True}  # the data module's defaults
+# the data module's defaults
+DATA_DEFAULTS = {"pad_to_multiple_of": 8, "target_pad_to_multiple_of": None, "group_by_target": True}
 
 
 def empty_record(spec: dict[str, Any]) -> dict[str, Any]:

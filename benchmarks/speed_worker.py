@@ -170,10 +170,12 @@ def run_worker(spec_path: Path) -> None:
         Path(spec["result_path"]).write_text(json.dumps(record))
 
 
-def collator(spec: dict[str, Any], pad_to_multiple_of: int) -> Seq2SeqCollator | CausalCollator:
+def collator(
+    spec: dict[str, Any], pad_to_multiple_of: int, target_multiple: int | None = None
+) -> Seq2SeqCollator | CausalCollator:
     """lit-qsum's collator for the shape's task (decoder-only rows: prompt + summary, loss on the summary)."""
     kind = CausalCollator if spec.get("task") == "causal" else Seq2SeqCollator
-    return kind(spec["pad_token_id"], pad_to_multiple_of)
+    return kind(spec["pad_token_id"], pad_to_multiple_of, target_multiple)
 
 
 def eval_loss_of(
@@ -365,7 +367,7 @@ def lit_loader(spec: dict[str, Any], features: list[dict], data: dict[str, Any])
     sampler = LengthGroupedBatchSampler([feature_parts(f) for f in features], spec["micro_batch"], seed=spec["seed"],
                                         bucket=data["pad_to_multiple_of"] if data["group_by_target"] else None)
     return DataLoader(features, batch_sampler=sampler,  # type: ignore[arg-type]  # a list is a map-style dataset
-                      collate_fn=collator(spec, data["pad_to_multiple_of"]), num_workers=0,
+                      collate_fn=collator(spec, data["pad_to_multiple_of"], data["target_pad_to_multiple_of"]), num_workers=0,
                       pin_memory=not spec["smoke"])  # as the data module does on a GPU
 
 

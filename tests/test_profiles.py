@@ -49,6 +49,7 @@ def test_card_resolves_as_before(name: str, capsys, monkeypatch) -> None:
     before = yaml.safe_load(RTX4080_BEFORE.read_text(encoding="utf-8"))
     before["model"]["speed"] = dataclasses.asdict(SpeedSettings())
     before["data"]["group_by_target"] = True  # added since, on by default (two-part length grouping)
+    before["data"]["target_pad_to_multiple_of"] = None  # added since: the same multiple as pad_to_multiple_of
     before["trainer"]["default_root_dir"] = f"outputs/{name}"
     before["trainer"]["precision"] = p.precision
     before["data"]["batch_size"] = before["data"]["eval_batch_size"] = p.batch_size

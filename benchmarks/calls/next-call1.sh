@@ -5,7 +5,8 @@
 # 30 timed steps (not 6-8): the two-part length grouping (--data.group_by_target, on) needs an epoch of more than a
 # handful of batches to group targets, as users' epochs are; "ungrouped" is the grouping of session 7 and before.
 # GPU 0: t5-large mb16: recipe, defaults, ungrouped, one-pass RMS norms (speed.one_pass_rms_norm), cuDNN attention (a
-#        replay skips its per-shape planning; its sm90 kernels may beat the sm80 memory-efficient one), then bart-large
+#        replay skips its per-shape planning; its sm90 kernels may beat the sm80 memory-efficient one), summaries padded
+#        to 16 (--data.target_pad_to_multiple_of: less padding, more shapes to capture), then bart-large
 #        mb16 recipe/defaults. Defaults now include the fused LoRA backward's single addcmul_ pass.
 # GPU 1: the non-compiled CUDA-graph tests, the one-pass norm's dtype test and the at-most-one-sync-per-step test
 #        (~40 s), then t5-large mb64: recipe,
@@ -24,11 +25,13 @@ PAD='"data":{"pad_to_multiple_of":64}'
 UNGROUPED='"data":{"pad_to_multiple_of":64,"group_by_target":false}'
 CUDNN='"module":{"speed":{"cudnn_attention":true}}'
 ONEPASS='"module":{"speed":{"one_pass_rms_norm":true}}'
+TARGET16='"data":{"pad_to_multiple_of":64,"target_pad_to_multiple_of":16}'
 (
   export CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor0
   python benchmarks/speed.py --shapes t5-large --tools hf lit-qsum --warmup 10 --steps 30 --what speed-grouped-t5-mb16 \
     --lit-variant "default={$PAD}" --lit-variant "ungrouped={$UNGROUPED}" --lit-variant "one-pass-norms={$ONEPASS,$PAD}" \
-    --lit-variant "cudnn-attention={$CUDNN,$PAD}" --worker-timeout 150 --deadline-s 420 --logs $W/logs --out $W/res \
+    --lit-variant "cudnn-attention={$CUDNN,$PAD}" --lit-variant "target16={$TARGET16}" \
+    --worker-timeout 150 --deadline-s 420 --logs $W/logs --out $W/res \
     > $W/gpu0-t5.log 2>&1
   python benchmarks/speed.py --shapes bart-large --tools hf lit-qsum --warmup 10 --steps 30 \
     --what speed-grouped-bart-mb16 --lit-variant "default={$PAD}" --worker-timeout 100 --deadline-s $(left) \

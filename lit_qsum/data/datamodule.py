@@ -94,6 +94,9 @@ class SummarizationDataModule(LightningDataModule):
         batch_size: Training samples per step and device; a batch-size finder or OOM recovery may change it.
         eval_batch_size: Samples per validation/test/predict batch; None = batch_size.
         pad_to_multiple_of: Pad sequence lengths to a multiple of this (8 suits tensor cores).
+        target_pad_to_multiple_of: Pad summaries (seq2seq labels; the summary rows of a decoder-only loss) to a multiple
+            of this instead; None = ``pad_to_multiple_of``. Summaries are short: a smaller multiple pads them less, at
+            the cost of more distinct batch shapes (each a CUDA-graph capture).
         group_by_target: Seq2seq training batches: sort dialogues in buckets of ``pad_to_multiple_of`` tokens (which
             they are padded to anyway), then by summary length, so a batch's summaries pad little; False sorts by
             dialogue + summary length. Decoder-only rows are one sequence either way.
@@ -125,6 +128,7 @@ class SummarizationDataModule(LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         pad_to_multiple_of: int = 8,
+        target_pad_to_multiple_of: int | None = None,
         group_by_target: bool = True,
         num_workers: int = 0,
         seed: int = 42,
@@ -135,6 +139,7 @@ class SummarizationDataModule(LightningDataModule):
         for flag, value, minimum in [
             ("encoder_max_len", encoder_max_len, 1), ("decoder_max_len", decoder_max_len, 2),
             ("eval_batch_size", eval_batch_size, 1), ("pad_to_multiple_of", pad_to_multiple_of, 1),
+            ("target_pad_to_multiple_of", target_pad_to_multiple_of, 1),
             ("num_workers", num_workers, 0), ("max_train_samples", max_train_samples, 1),
             ("max_eval_samples", max_eval_samples, 1),
         ]:
@@ -161,6 +166,7 @@ class SummarizationDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.target_pad_to_multiple_of = target_pad_to_multiple_of
         self.group_by_target = group_by_target
         self.num_workers = num_workers
         self.seed = seed
@@ -277,7 +283,9 @@ class SummarizationDataModule(LightningDataModule):
         return DataLoader(
             dataset,  # type: ignore[arg-type]  # a list is a map-style dataset
             batch_sampler=batch_sampler,
-            collate_fn=WithRecordFields(collate(self.tokenizer.pad_token_id, self.pad_to_multiple_of), data.records),
+            collate_fn=WithRecordFields(
+                collate(self.tokenizer.pad_token_id, self.pad_to_multiple_of, self.target_pad_to_multiple_of), data.records
+            ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             # page-locked batches: the copy to the GPU is asynchronous; from pageable memory it waits for the GPU to

@@ -101,3 +101,20 @@ def test_causal_target_rows_are_the_shifted_label_tokens() -> None:
         assert targets[row][valid].tolist() == want.tolist()  # the same tokens, in order
         assert shifted[row][positions[row][valid]].tolist() == want.tolist()  # read where the shift puts them
         assert len(want) == len(f["target_ids"]) - (1 if not f["prompt_ids"] else 0)
+
+
+def test_summaries_pad_to_their_own_multiple() -> None:
+    """``target_pad_to_multiple_of``: labels (seq2seq) and the summary rows of the causal loss pad to it; the dialogue
+    and the prompt+summary rows keep ``pad_to_multiple_of``."""
+    from lit_qsum.data.collate import CausalCollator, Seq2SeqCollator
+
+    seq2seq = [{"input_ids": list(range(5, 75)), "labels": list(range(5, 23)), "index": 0},
+               {"input_ids": list(range(5, 40)), "labels": list(range(5, 12)), "index": 1}]
+    batch = Seq2SeqCollator(0, 64, target_pad_to_multiple_of=8)(seq2seq)
+    assert batch["input_ids"].shape == (2, 128) and batch["labels"].shape == (2, 24)
+    assert Seq2SeqCollator(0, 64)(seq2seq)["labels"].shape == (2, 64)  # None: the same multiple
+    causal = [{"prompt_ids": list(range(5, 75)), "target_ids": list(range(5, 23)), "index": 0}]
+    batch = CausalCollator(0, 64, target_pad_to_multiple_of=8)(causal)
+    assert batch["input_ids"].shape == (1, 128) and batch["target_positions"].shape == (1, 24)
+    with pytest.raises(ValueError, match="target_pad_to_multiple_of"):
+        Seq2SeqCollator(0, 64, target_pad_to_multiple_of=0)

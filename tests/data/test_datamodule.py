@@ -150,7 +150,8 @@ def test_hf_dataset_splits(tmp_path):
     [({"batch_size": 0}, "--data.batch_size"), ({"eval_batch_size": 0}, "--data.eval_batch_size"),
      ({"encoder_max_len": 0}, "--data.encoder_max_len"), ({"num_workers": -1}, "--data.num_workers"),
      ({"task": "causal", "prompt_template": "no slot"}, "--data.prompt_template"),
-     ({"summary_columns": []}, "--data.summary_columns")],
+     ({"summary_columns": []}, "--data.summary_columns"),
+     ({"target_pad_to_multiple_of": 0}, "--data.target_pad_to_multiple_of")],
 )
 def test_invalid_arguments_name_the_flag(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
