@@ -118,6 +118,7 @@ class Run:
     timeout_s: int
     min_s: int = 90  # below this it is not worth starting
     record: dict[str, Any] = field(default_factory=dict)
+    snapshot_step: int | None = None  # record this step's memory history (MemorySnapshot)
 
 
 def main() -> None:
@@ -129,6 +130,10 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["ddp1", "ddp2", "fsdp2", "single-xl"],
                         help="runs to leave out")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, data, checkpoints)")
+    parser.add_argument("--snapshot-step", type=int, default=None,
+                        help="record this optimizer step of the t5-xl runs (FSDP and one GPU) with torch's CUDA memory "
+                             "history; each record gets what was live at the step's peak, by allocating code "
+                             "(benchmarks/memory_snapshot.py)")
     parser.add_argument("--deadline-s", type=float, default=450, help="stop starting runs after this (the runs' "
                         "timeouts shrink so everything ends by then; the GPU machine allows 10 minutes a command)")
     args = parser.parse_args()
@@ -146,6 +151,8 @@ def main() -> None:
         materialize(shape)
     data = write_long_dialogues(work / "long.csv", rows=200 if args.smoke else 2400)
     runs = plan(args, shapes, data, work)
+    for run in runs:
+        run.snapshot_step = args.snapshot_step if run.shape.endswith("xl") or args.smoke else None
 
     todo = [run for run in runs if run.name not in args.skip]
     for i, run in enumerate(todo):
@@ -267,6 +274,9 @@ def callbacks_yaml(run: Run, work: Path) -> Path:
     """The run's callback list: the recorder, plus a checkpoint at the end of the FSDP run (checked afterwards)."""
     entries = [{"class_path": "benchmarks.multi_gpu.BenchRecorder",
                 "init_args": {"out": str(work / f"{run.name}.json"), "warmup_steps": run.warmup}}]
+    if run.snapshot_step is not None:
+        entries.append({"class_path": "benchmarks.memory_snapshot.MemorySnapshot",
+                        "init_args": {"out": str(work / f"{run.name}-memory.json"), "step": run.snapshot_step}})
     if run.strategy == "fsdp":
         entries.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                         "init_args": {"dirpath": str(work / run.name / "checkpoints"), "filename": "last",
@@ -297,6 +307,9 @@ def execute(run: Run, work: Path, env: dict[str, str], out: Path, date: str) -> 
                 "wall_s": wall, "command": command}
     record = json.loads(result_path.read_text())
     record.update(wall_s=wall, command=command)
+    snapshot = work / f"{run.name}-memory.json"
+    if snapshot.exists():
+        record["memory_snapshot"] = json.loads(snapshot.read_text())
     if run.strategy == "fsdp":
         record["checkpoint"] = check_checkpoint(work / run.name / "checkpoints" / "last.ckpt")
     return record
