@@ -198,3 +198,31 @@ def test_a_checkpoint_saved_mid_step_resumes_with_the_steps_gradients(straight: 
     assert torch.load(mid_step, weights_only=True)["lit_qsum"]["open_step_per_rank"][0]["micro_batches_done"] == 1
     fit_in_process(tmp_path, monkeypatch, "none", "--ckpt_path", str(mid_step))
     assert_same_training_state(straight, tmp_path, "resumed from a save after micro-batch 10, mid-step")
+
+
+FUSED = ["--model.optimizer.init_args.fused", "true"]  # torch's fused AdamW, as lit-qsum picks on a GPU
+
+
+@pytest.fixture(scope="module")
+def straight_fused(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("straight-fused")
+    done = fit_process(cwd, "none", *FUSED)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cwd
+
+
+def test_the_sync_free_step_resumes_to_the_uninterrupted_run(straight_fused: Path, tmp_path: Path, monkeypatch) -> None:
+    """With fused AdamW the optimizer step reads its NaN/Inf count a step later (no host sync; the GPU default): a
+    run stopped mid-step and between steps, each resumed, still ends bitwise on the uninterrupted run's state."""
+    from lit_qsum.steps import StepEngine
+
+    def synced(self):
+        raise AssertionError("the synced step ran: this test is about the sync-free one")
+
+    monkeypatch.setattr(StepEngine, "_agree_on_step", synced)
+    fit_in_process(tmp_path, monkeypatch, "batch:9", *FUSED)  # right after the step-4 save, between steps
+    fit_in_process(tmp_path, monkeypatch, "batch:14", "--ckpt_path", "last", *FUSED)  # micro-batch 13 done: mid-step
+    fit_in_process(tmp_path, monkeypatch, "none", "--ckpt_path", "last", *FUSED)
+    assert_same_training_state(straight_fused, tmp_path, "fused AdamW: stopped after micro-batches 8 and 13, resumed")
+    [opt] = last(tmp_path)["optimizer_states"]
+    assert all(group["fused"] for group in opt["param_groups"])  # the sync-free path ran
