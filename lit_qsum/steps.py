@@ -351,6 +351,11 @@ class StepEngine:
         else:
             self.pending = PendingStep(values, None)
 
+    def discard_trial_steps(self) -> None:
+        """Forget what trial steps left to read back (a batch-size finder's, whose state is put back after them)."""
+        self.pending, self.last_loss = None, None
+        self._loss_sum, self._loss_count = None, 0
+
     def _take_mean_loss(self) -> torch.Tensor | None:
         """The open step's mean micro-batch loss (device), and start the next step's sum."""
         total, count = self._loss_sum, self._loss_count

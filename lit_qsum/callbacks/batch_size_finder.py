@@ -205,6 +205,7 @@ class _TrainingSnapshot:
             micro_batch, nonfinite = self.engine_state
             self.module.engine.micro_batch = dataclasses.replace(micro_batch)
             self.module.engine.nonfinite = dataclasses.replace(nonfinite)
+            self.module.engine.discard_trial_steps()  # a trial's loss and NaN/Inf count are not the run's
         if datamodule and self.datamodule is not None:
             self.trainer.datamodule.load_state_dict(deepcopy(self.datamodule))
         self.restore_rng()

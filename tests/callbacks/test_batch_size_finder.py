@@ -41,6 +41,9 @@ def _training_state(trainer: Any, pl_module: Any) -> dict[str, Any]:
         "scheduler": deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict()),
         "loop": deepcopy(trainer.fit_loop.state_dict()),
         "counters": dataclasses.astuple(pl_module.engine.micro_batch),
+        # a fused step's NaN/Inf count and loss, read back a step later, and the loss the progress bar shows
+        "nothing to read back": pl_module.engine.pending is None,
+        "loss shown": pl_module.engine.last_loss,
         # the epoch position; the batch size is what the finder changes
         "data": {k: v for k, v in trainer.datamodule.state_dict()["train_sampler"].items() if k != "batch_size"},
         "rng": torch.get_rng_state(),
@@ -89,11 +92,13 @@ def _assert_same(before: Any, after: Any, where: str = "") -> None:
         assert before == after, where
 
 
-@pytest.mark.parametrize("mode", ["binsearch", "power"])
+@pytest.mark.parametrize(("mode", "fused"), [("binsearch", False), ("power", False), ("binsearch", True)])
 def test_finds_the_size_of_the_longest_batch_keeps_a_margin_and_restores_state(
-    mode, make_summarizer, make_summary_data, summary_trainer
+    mode, fused, make_summarizer, make_summary_data, summary_trainer
 ):
-    module = make_summarizer()
+    """``fused``: AdamW's fused kernel, as on a GPU, whose steps leave their NaN/Inf count to be read a step later."""
+    optimizer = {"optimizer": lambda params: torch.optim.AdamW(params, lr=1e-3, fused=True)} if fused else {}
+    module = make_summarizer(**optimizer)
     data = make_summary_data(batch_size=4, max_train_samples=N, encoder_max_len=128, decoder_max_len=32)
     memory = FakeMemory(module, train_budget=BUDGET, per_token=True)
     probed: list[list[int]] = []  # every trial forward's samples, those that ran out of memory included
