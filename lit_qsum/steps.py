@@ -180,7 +180,8 @@ class StepEngine:
         """
         losses = self._backward_batch(batch)
         for loss in losses:
-            self._loss_sum = loss.float() if self._loss_sum is None else self._loss_sum + loss.float()
+            # a copy, never the loss itself: a CUDA graph's next replay writes its next loss into the same tensor
+            self._loss_sum = loss.to(torch.float32, copy=True) if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
         self._maybe_optimizer_step()
         return losses

@@ -175,7 +175,17 @@ def test_compiled_blocks_see_each_shape_eagerly_before_it_is_captured() -> None:
     assert run(warm_each_shape=False) == [False, True, True, True, True, True]
 
 
-def _fit(tmp_path, graphs: bool, monkeypatch: pytest.MonkeyPatch) -> SummarizationModule:
+class LossesShown(L.Callback):
+    """The loss the progress bar would show after every training batch (the step engine's read-back mean)."""
+
+    def __init__(self) -> None:
+        self.shown: list[float | None] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.shown.append(pl_module.engine.last_loss)
+
+
+def _fit(tmp_path, graphs: bool, monkeypatch: pytest.MonkeyPatch, shown: LossesShown | None = None) -> SummarizationModule:
     if graphs:
         monkeypatch.setattr(cuda_graphs, "unsupported_reason", lambda **_: None)
         monkeypatch.setattr(cuda_graphs, "StepGraphs", EagerStandInGraphs)
@@ -186,16 +196,18 @@ def _fit(tmp_path, graphs: bool, monkeypatch: pytest.MonkeyPatch) -> Summarizati
     data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=40, max_eval_samples=4,
                                    pad_to_multiple_of=32)
     trainer = L.Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path, use_distributed_sampler=False)
+                        enable_progress_bar=False, default_root_dir=tmp_path, use_distributed_sampler=False,
+                        callbacks=[shown] if shown is not None else [])
     trainer.fit(module, data)
     return module
 
 
 def test_the_step_engine_trains_the_same_through_graph_replays(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dropout on, accumulation 2: replays through static buffers land on the eager run's adapter."""
-    eager = _fit(tmp_path / "eager", graphs=False, monkeypatch=monkeypatch)
+    eager_shown, replayed_shown = LossesShown(), LossesShown()
+    eager = _fit(tmp_path / "eager", graphs=False, monkeypatch=monkeypatch, shown=eager_shown)
     EagerStandInGraphs.made.clear()
-    replayed = _fit(tmp_path / "graphs", graphs=True, monkeypatch=monkeypatch)
+    replayed = _fit(tmp_path / "graphs", graphs=True, monkeypatch=monkeypatch, shown=replayed_shown)
     (graphs,) = EagerStandInGraphs.made
     assert graphs.stats.replays + 1 == 12  # 6 steps x 2 micro-batches: one eager warm-up, the rest replayed
     # two padded shapes in these batches: a recapture per step would mean the engine replaced gradient tensors
@@ -204,6 +216,9 @@ def test_the_step_engine_trains_the_same_through_graph_replays(tmp_path, monkeyp
     for name, param in replayed.model.named_parameters():
         if param.requires_grad:
             torch.testing.assert_close(param, reference[name], rtol=0, atol=0, msg=name)
+    # the loss the progress bar shows: each step's mean, though a replay writes every micro-batch's loss of one shape
+    # into the same tensor
+    assert replayed_shown.shown == eager_shown.shown and None not in eager_shown.shown[1::2]
 
 
 class TracingStandInGraphs(EagerStandInGraphs):
