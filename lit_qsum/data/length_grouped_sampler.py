@@ -174,10 +174,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return lambda i: (-_round_up(self.parts[i][0], bucket), *(-part for part in self.parts[i][1:]))
 
     def _padded(self, batch: list[int]) -> int:
-        """A batch's padded length per sample: each part padded to its longest in the batch (and bucket)."""
+        """A batch's padded length per sample: each part padded to its longest in the batch and the source to the
+        bucket; without a bucket, its longest sample's total, as before buckets (a resumed state keeps its order)."""
+        if self.bucket is None:
+            return max(self.lengths[i] for i in batch)
         widths = [max(self.parts[i][p] for i in batch) for p in range(len(self.parts[batch[0]]))]
-        if self.bucket is not None:
-            widths[0] = _round_up(widths[0], self.bucket)
+        widths[0] = _round_up(widths[0], self.bucket)
         return sum(widths)
 
     def _num_remaining_batches(self, handed_out: int = 0) -> int:

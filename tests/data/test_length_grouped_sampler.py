@@ -364,3 +364,18 @@ def test_property_bucketed_resume_covers_each_sample_once(parts, batch_size, new
     rest = [i for s in ranks for b in s for i in b]
     assert set(seen + rest) == set(range(len(parts)))
     assert len(seen + rest) - len(parts) < 2 * world
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("batch_size", [3, 10, 64])
+def test_parts_without_a_bucket_give_the_order_of_their_totals(seed, batch_size):
+    """What a checkpoint from before buckets resumes with: (source, target) parts and no bucket order the epoch exactly
+    as their totals did, the first batch and the tail's swap included."""
+    rng = random.Random(seed)
+    parts = [(rng.randint(1, 400), rng.randint(1, 120)) for _ in range(rng.randint(50, 400))]
+    for epoch in range(2):
+        as_parts = LengthGroupedBatchSampler(parts, batch_size, seed=seed, megabatch_mult=4)
+        as_totals = LengthGroupedBatchSampler([sum(p) for p in parts], batch_size, seed=seed, megabatch_mult=4)
+        as_parts.set_epoch(epoch)
+        as_totals.set_epoch(epoch)
+        assert as_parts.epoch_order() == as_totals.epoch_order()
