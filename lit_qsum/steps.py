@@ -281,24 +281,30 @@ class StepEngine:
         nonfinite, smallest = self._agree_on_step()
         mean = self._take_mean_loss()
         self.last_loss = None if mean is None else float(mean)  # read after the agreement's sync: no extra wait
-        # captured steps add into fixed gradient tensors: zero those in place instead of dropping them
-        set_to_none = self.graphs is None or not self.graphs.keeps_grads
         if nonfinite:
-            optimizer.zero_grad(set_to_none=set_to_none)
+            optimizer.zero_grad(set_to_none=self._drops_grads)
             self._on_nonfinite_step(nonfinite)
         elif self.syncs_gradients_per_step or self.sharded or self._has_grads():
             self.nonfinite.in_a_row = 0
             if self.syncs_gradients_per_step:
                 grad_sync.all_reduce_grads(self.trainable())
-            optimizer.step()  # clips in on_before_optimizer_step, once 16-mixed's scaler has unscaled the gradients
-            optimizer.zero_grad(set_to_none=set_to_none)
-            scheduler = module.lr_schedulers()
-            if scheduler is not None:
-                scheduler.step()
+            self._step_and_schedule(optimizer)
         if smallest is not None:
             handler = find_oom_handler(module.trainer)
             if handler is not None:
                 handler.adopt_micro_batch(module.trainer, module, smallest)
+
+    @property
+    def _drops_grads(self) -> bool:
+        """``zero_grad``'s ``set_to_none``: captured steps add into fixed gradient tensors, zeroed in place instead."""
+        return self.graphs is None or not self.graphs.keeps_grads
+
+    def _step_and_schedule(self, optimizer: Any) -> None:
+        optimizer.step()  # clips in on_before_optimizer_step, once 16-mixed's scaler has unscaled the gradients
+        optimizer.zero_grad(set_to_none=self._drops_grads)
+        scheduler = self.module.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     # ---- the optimizer step without a host sync -----------------------------------------------------------------------
     def _skips_on_device(self, optimizer: Any) -> bool:
@@ -327,7 +333,6 @@ class StepEngine:
         self.resolve_pending()
         counted, self.nonfinite.in_step = self.nonfinite.in_step, None
         mean = self._take_mean_loss()
-        module = self.module
         if not self._has_grads():
             return
         inner = getattr(optimizer, "optimizer", optimizer)
@@ -335,13 +340,9 @@ class StepEngine:
         count = torch.zeros((), device=device) if counted is None else counted.to(torch.float32)
         inner.found_inf = (count > 0).to(torch.float32)
         try:
-            optimizer.step()  # clips in on_before_optimizer_step; NaN gradients give a NaN norm, skipped all the same
+            self._step_and_schedule(optimizer)  # NaN gradients give a NaN clipping norm: skipped all the same
         finally:
             del inner.found_inf
-        optimizer.zero_grad(set_to_none=self.graphs is None or not self.graphs.keeps_grads)
-        scheduler = module.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
         values = torch.stack([count, torch.full((), float("nan"), device=device) if mean is None else mean])
         if values.is_cuda:
             host = torch.empty(2, dtype=torch.float32, pin_memory=True)

@@ -65,13 +65,11 @@ def fuse_rms_norms(model: torch.nn.Module, one_pass: bool = False) -> int:
     A norm is taken only where it has the attributes the fused forward reads (``weight``, ``variance_epsilon``), so a
     class that shares a name but not the code is left alone. Idempotent.
     """
+    t5, llama = (_t5_one_pass, _llama_one_pass) if one_pass else (_t5_forward, _llama_forward)
     count = 0
     for module in model.modules():
         name = type(module).__name__
-        if one_pass:
-            forward = _t5_one_pass if name in T5_STYLE else _llama_one_pass if name in LLAMA_STYLE else None
-        else:
-            forward = _t5_forward if name in T5_STYLE else _llama_forward if name in LLAMA_STYLE else None
+        forward = t5 if name in T5_STYLE else llama if name in LLAMA_STYLE else None
         if forward is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
             continue
         if not isinstance(getattr(module, "variance_epsilon", None), float):
