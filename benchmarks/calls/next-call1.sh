@@ -13,14 +13,7 @@
 #        (~40 s), then t5-large mb64: recipe,
 #        defaults, ungrouped; then lit-qsum's Unsloth backend against the plain Unsloth loop, both padded to 8, with
 #        kernel + host tables (no compile runs beside it this time: it shares the host's CPUs).
-set -u
-export PYTHONPATH=$PWD/.device-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LIT_QSUM_CACHE=/tmp/lq-cache \
-  TOKENIZERS_PARALLELISM=false
-W=/tmp/call; rm -rf $W; mkdir -p $W/logs $W/res $W/prof
-( while sleep 15; do tar czf $OUT/.call.tgz -C $W . 2>/dev/null && mv $OUT/.call.tgz $OUT/call.tgz; done ) &
-TARRER=$!
-S=$(date +%s)
-left() { echo $(( 545 - ($(date +%s) - S) )); }
+source benchmarks/calls/prelude.sh
 PAD='"data":{"pad_to_multiple_of":64}'
 UNGROUPED='"data":{"pad_to_multiple_of":64,"group_by_target":false}'
 CUDNN='"module":{"speed":{"cudnn_attention":true}}'
@@ -53,6 +46,4 @@ P0=$!
 ) &
 P1=$!
 wait $P0 $P1
-kill $TARRER
-tar czf $OUT/.call.tgz -C $W . && mv $OUT/.call.tgz $OUT/call.tgz
-ls -la $OUT
+finish

@@ -3,12 +3,7 @@
 # persists (session 7 call 3 failed the DDP one, most likely at the test hook reading batch["index"] inside a CUDA-graph
 # capture, which gets the model inputs only), then the captured compiled step alone (its reference steps now compile
 # once). Everything under /tmp; ends by ~560 s.
-set -u
-export PYTHONPATH=$PWD/.device-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LIT_QSUM_CACHE=/tmp/lq-cache \
-  TOKENIZERS_PARALLELISM=false NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-W=/tmp/call; rm -rf $W; mkdir -p $W
-( while sleep 15; do tar czf $OUT/.call.tgz -C $W . 2>/dev/null && mv $OUT/.call.tgz $OUT/call.tgz; done ) &
-TARRER=$!
+source benchmarks/calls/prelude.sh
 PYT="python -m pytest -m gpu -v -rA --tb=short -p no:cacheprovider -o faulthandler_timeout=0 --durations=0"
 TORCHINDUCTOR_CACHE_DIR=/tmp/ind timeout -k 5 320 $PYT --timeout 200 tests/distributed/test_multi_gpu_cuda.py \
   > $W/multi-gpu-tests.log 2>&1
@@ -17,6 +12,4 @@ CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=/tmp/ind2 timeout -k 5 220 $PYT -
   "tests/fastpath/test_cuda_graphs.py::test_a_captured_step_gives_the_eager_loss_and_gradients[True-True]" \
   > $W/compiled-capture-test.log 2>&1
 echo "rc=$?" >> $W/compiled-capture-test.log
-kill $TARRER
-tar czf $OUT/.call.tgz -C $W . && mv $OUT/.call.tgz $OUT/call.tgz
-ls -la $OUT
+finish

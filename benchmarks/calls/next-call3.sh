@@ -3,13 +3,6 @@
 # the same QLoRA on one GPU, each with optimizer step 4 recorded by torch's CUDA memory history
 # (benchmarks/memory_snapshot.py): what was live at each step's peak, by allocating code, so FSDP's extra ~0.9 GiB
 # per step (session 6) has a name. Both now store T5's wo in bf16 (speed.fp32_modules_in_bf16). Ends by ~560 s.
-set -u
-export PYTHONPATH=$PWD/.device-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LIT_QSUM_CACHE=/tmp/lq-cache \
-  TOKENIZERS_PARALLELISM=false NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-W=/tmp/call; rm -rf $W; mkdir -p $W/res
-( while sleep 15; do tar czf $OUT/.call.tgz -C $W . 2>/dev/null && mv $OUT/.call.tgz $OUT/call.tgz; done ) &
-TARRER=$!
-python benchmarks/multi_gpu.py --skip ddp1 ddp2 --snapshot-step 4 --deadline-s 530 --out $W/res > $W/fsdp-memory.log 2>&1
-kill $TARRER
-tar czf $OUT/.call.tgz -C $W . && mv $OUT/.call.tgz $OUT/call.tgz
-ls -la $OUT
+source benchmarks/calls/prelude.sh
+python benchmarks/multi_gpu.py --skip ddp1 ddp2 --snapshot-step 4 --deadline-s $(left) --out $W/res > $W/fsdp-memory.log 2>&1
+finish
