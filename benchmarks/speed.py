@@ -334,32 +334,42 @@ def write_results(stem: Path, records: list[dict[str, Any]], args: argparse.Name
         "lit-qsum = SummarizationModule(backend=qlora) + Lightning (AdamW, LengthGroupedBatchSampler)",
         f"- lit-qsum variants: {variants}",
         "- GPU µs / token: CUDA kernel time over the profiled steps after the window / their non-pad tokens; GPU busy: "
-        "that kernel time / the profiled steps' wall time (profiler on); graph captures happen in the warm-up, and a "
+        "that kernel time / the profiled steps' wall time (profiler on); a "
         "CUDA graph's memory is in its own pool, counted by peak reserved, not by peak allocated",
-        "- tokens/s: non-pad encoder + label tokens of the timed steps / their wall time; "
+        "- tokens/s: non-pad encoder + label tokens of the timed steps / their wall time, one-time CUDA-graph "
+        "captures of new batch shapes included; steady tokens/s: the same over the timed steps that captured no "
+        "graph, timed by CUDA events between step ends (what a long run's steps take once its shapes are captured; "
+        "the captures' count and seconds are their own columns); "
         "MFU = tokens/s * 6N / peak bf16 dense FLOP/s, N = all parameters of the full-precision model; "
         "non-pad share: non-pad / padded tokens of the timed batches (each tool groups lengths its own way)", "",
     ]
     for shape in args.shapes:
         rows = [r for r in records if r["shape"] == shape]
         hf = next((r["tokens_per_s"] for r in rows if r["tool"] == "hf" and r["tokens_per_s"]), None)
+        hf_steady = next((r.get("steady_tokens_per_s") for r in rows if r["tool"] == "hf" and not r["error"]), None)
         lines += [f"## {shape} ({rows[0]['num_params']:,} parameters)" if rows else f"## {shape}", "",
-                  "| tool | variant | tokens/s | vs hf | step time s | GPU µs / token | GPU busy | peak allocated GiB "
-                  "| peak reserved GiB | MFU | non-pad share | first step s | graphs (captures, s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| tool | variant | tokens/s | vs hf | steady tokens/s | steady vs hf | step time s | GPU µs / token "
+                  "| GPU busy | peak allocated GiB | peak reserved GiB | MFU | non-pad share | first step s "
+                  "| graphs (captures, s) | timed steps with a capture |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["error"]:
-                lines.append(f"| {r['tool']} | {r['variant']} | error: {r['error'][:120]} |" + " |" * 10)
+                lines.append(f"| {r['tool']} | {r['variant']} | error: {r['error'][:120]} |" + " |" * 13)
                 continue
             ratio = f"{r['tokens_per_s'] / hf:.3f}" if hf else "-"
+            steady = r.get("steady_tokens_per_s")
+            steady_cell = "-" if steady is None else f"{steady:,.0f}"
+            steady_ratio = f"{steady / hf_steady:.3f}" if steady is not None and hf_steady else "-"
+            in_window = r.get("captures_in_window_steps")
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
             gpu_us = "-" if r.get("gpu_time_per_token_us") is None else f"{r['gpu_time_per_token_us']:.1f}"
             busy = "-" if r.get("gpu_busy_share") is None else f"{100 * r['gpu_busy_share']:.0f}%"
             graphs = "-" if r.get("graph_captures") is None else f"{r['graph_captures']}, {r['graph_capture_s']:.1f}"
             first = "-" if r.get("first_step_s") is None else f"{r['first_step_s']:.1f}"
-            cells = [r["tool"], r["variant"], f"{r['tokens_per_s']:,.0f}", ratio, f"{r['step_time_s']:.3f}", gpu_us, busy,
-                     _cell(r["peak_allocated_gib"]), _cell(r["peak_reserved_gib"]), mfu,
-                     f"{r['non_pad_share']:.3f}", first, graphs]
+            cells = [r["tool"], r["variant"], f"{r['tokens_per_s']:,.0f}", ratio, steady_cell, steady_ratio,
+                     f"{r['step_time_s']:.3f}", gpu_us, busy, _cell(r["peak_allocated_gib"]),
+                     _cell(r["peak_reserved_gib"]), mfu, f"{r['non_pad_share']:.3f}", first, graphs,
+                     "-" if in_window is None else f"{in_window} of {args.steps}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"## loss check: eval-mode loss of the first {LOSS_CHECK_SAMPLES} samples before training "

@@ -37,7 +37,10 @@ class StepWindow:
     ``profile_steps`` after them.
 
     Token counts accumulate as tensors where the batch lives (no per-step sync); the device is synchronized
-    only at the window's two ends, around the profiled steps and after the first step. The profiled steps
+    only at the window's two ends, around the profiled steps and after the first step. On a GPU each timed step
+    also ends with a CUDA event (no sync): the steady-state figure is the tokens of the timed steps that captured no
+    CUDA graph over the GPU time between their events (a capture is a one-time cost per batch shape, reported
+    apart: how many fell inside the window and what they cost). The profiled steps
     run under torch.profiler (CUDA activity only, unless ``LIT_QSUM_SPEED_PROFILE=DIR`` asks for a CPU + CUDA
     table in DIR), so their wall time is not part of tokens/s.
     """
@@ -52,6 +55,9 @@ class StepWindow:
         self.profiler = None
         self.profile: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}  # what a tool adds to its record (lit-qsum: its CUDA-graph counts)
+        self.step_tokens: list[torch.Tensor] = []  # per timed step, for the steady-state figure
+        self.events: list[Any] = []  # CUDA events: the window's start, then one per timed step's end
+        self.capture_steps: set[int] = set()  # timed steps (1-based optimizer steps) in which a graph was captured
 
     def _now(self) -> float:
         if self.cuda:
@@ -77,6 +83,7 @@ class StepWindow:
         if step <= self.warmup + self.steps:
             self.tokens = tokens if self.tokens is None else self.tokens + tokens
             self.padded += padded
+            self.step_tokens.append(tokens)
         else:
             self.profiled_tokens = tokens if self.profiled_tokens is None else self.profiled_tokens + tokens
 
@@ -86,12 +93,39 @@ class StepWindow:
             self.first_step_s = self._now() - self.start
         if step == self.warmup:
             self.t0 = self._now()
+            self._event()
+        elif self.warmup < step <= self.warmup + self.steps:
+            self._event()
         if step == self.warmup + self.steps:
             self.t1 = self._now()
             if self.profile_steps:
                 self._profile_start()
         if self.profile_steps and step == self.last_step:
             self._profile_stop()
+
+    def _event(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.events.append(event)
+
+    def mark_capture(self, step: int) -> None:
+        """Optimizer step ``step`` (1-based) captured at least one CUDA graph."""
+        if self.warmup < step <= self.warmup + self.steps:
+            self.capture_steps.add(step)
+
+    def steady(self) -> dict[str, Any]:
+        """Tokens/s of the timed steps without a capture, by CUDA events (None off a GPU or if every step captured)."""
+        captured = {"captures_in_window_steps": len(self.capture_steps), "steady_tokens_per_s": None,
+                    "steady_steps": None}
+        if not self.cuda or len(self.events) != self.steps + 1 or len(self.step_tokens) != self.steps:
+            return captured
+        keep = [i for i in range(self.steps) if self.warmup + 1 + i not in self.capture_steps]
+        if not keep:
+            return captured
+        seconds = sum(self.events[i].elapsed_time(self.events[i + 1]) for i in keep) / 1e3
+        tokens = int(sum(int(self.step_tokens[i]) for i in keep))
+        return {**captured, "steady_tokens_per_s": tokens / seconds, "steady_steps": len(keep)}
 
     def _profile_start(self) -> None:
         from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
@@ -137,7 +171,7 @@ class StepWindow:
         return {"tokens_per_s": tokens / seconds, "step_time_s": seconds / self.steps, "timed_tokens": tokens,
                 "non_pad_share": tokens / self.padded, "first_step_s": self.first_step_s,
                 "gpu_time_per_token_us": self.profile.get("gpu_time_per_token_us"),
-                "gpu_busy_share": self.profile.get("gpu_busy_share")}
+                "gpu_busy_share": self.profile.get("gpu_busy_share"), **self.steady()}
 
 
 def run_worker(spec_path: Path) -> None:
@@ -309,6 +343,7 @@ class LitStepTimer(Callback):
         self.window, self.check, self.autocast = window, check, autocast
         self.eval_loss: float | None = None
         self.batches = 0
+        self.captures_seen = 0
         self.graphs: dict[str, Any] = {}
 
     @override
@@ -326,6 +361,9 @@ class LitStepTimer(Callback):
         self.window.add(batch, self.batches)
         self.window.step_end(self.batches)
         graphs = getattr(pl_module, "step_graphs", None)
+        if graphs is not None and graphs.stats.captures > self.captures_seen:
+            self.captures_seen = graphs.stats.captures
+            self.window.mark_capture(self.batches)
         if self.batches == self.window.warmup + self.window.steps and graphs is not None:
             self.graphs = {"graph_captures": graphs.stats.captures, "graph_capture_s": graphs.stats.capture_s,
                            "graph_replays": graphs.stats.replays, "graphs_off": graphs.off_reason}

@@ -121,10 +121,10 @@ class SpeedSettings:
     fused_rms_norm: bool = True
     """T5's and Llama-family RMS norms as one ``F.rms_norm`` kernel each way instead of five or six elementwise ones
     (the same float32 math)."""
-    one_pass_rms_norm: bool = False
+    one_pass_rms_norm: bool = True
     """With ``fused_rms_norm``, under bf16: the casts and the weight's multiply folded into that kernel too (one kernel
     each way instead of four; float32 math, one rounding instead of two, so within one bf16 rounding of transformers').
-    Off until a GPU run has timed it."""
+    H200, micro-batch 16: GPU time per token -5% for t5-large (31.6 -> 30.0 us) and Qwen2.5-1.5B (39.4 -> 37.5 us)."""
     contiguous_attention_bias: bool = True
     """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel, and (under
     checkpointing) build the zero bias of layers without one as a constant, not a tensor that requires grad."""

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPEED = REPO / "benchmarks" / "speed.py"
 KEYS = {"shape", "tool", "variant", "tokens_per_s", "peak_allocated_gib", "peak_reserved_gib", "gpu", "date",
         "step_time_s", "mfu", "loss_check", "micro_batch", "timed_steps", "versions", "error", "gpu_time_per_token_us",
-        "gpu_busy_share", "graph_captures", "first_step_s"}
+        "gpu_busy_share", "graph_captures", "first_step_s", "steady_tokens_per_s", "captures_in_window_steps"}
 
 
 def run_speed(*args: str) -> subprocess.CompletedProcess:
@@ -174,3 +174,33 @@ def test_runs_past_the_deadline_are_recorded_as_not_started(tmp_path: Path) -> N
     assert [r["tool"] for r in records] == ["hf", "lit-qsum"]
     assert all(r["error"].startswith("not started") and r["tokens_per_s"] is None for r in records)
     assert (tmp_path / f"{today()}-deadline.md").exists()
+
+
+class _FakeEvent:
+    """A CUDA event's timestamp, in ms, for the steady-state arithmetic off a GPU."""
+
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+
+    def elapsed_time(self, end: "_FakeEvent") -> float:
+        return end.ms - self.ms
+
+
+def test_steady_tokens_per_s_leaves_out_the_timed_steps_that_captured_a_graph(speed: ModuleType) -> None:
+    import torch  # noqa: PLC0415
+    from speed_worker import StepWindow  # noqa: PLC0415  (speed.py put benchmarks/ on sys.path)
+
+    window = StepWindow(warmup=2, steps=3, cuda=False)
+    assert window.steady()["steady_tokens_per_s"] is None  # off a GPU: no events, no figure
+    window.cuda = True
+    # window start at 0 ms; step 3 takes 100 ms, step 4 (a capture) 900 ms, step 5 200 ms
+    window.events = [_FakeEvent(ms) for ms in (0.0, 100.0, 1000.0, 1200.0)]
+    window.step_tokens = [torch.tensor(1000), torch.tensor(5000), torch.tensor(2000)]
+    window.mark_capture(1)  # a warm-up step's capture is not the window's
+    window.mark_capture(4)
+    steady = window.steady()
+    assert steady["captures_in_window_steps"] == 1 and steady["steady_steps"] == 2
+    assert steady["steady_tokens_per_s"] == pytest.approx(3000 / 0.3)
+    window.mark_capture(3)
+    window.mark_capture(5)
+    assert window.steady()["steady_tokens_per_s"] is None  # every timed step captured: no steady figure
