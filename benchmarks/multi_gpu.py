@@ -22,6 +22,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -373,7 +374,7 @@ def write_results(out: Path, date: str, records: list[dict], args: argparse.Name
         "",
         f"- card: {gpu}; date: {date}; versions: "
         + ", ".join(f"{k} {v}" for k, v in (records[0]["versions"] if records else {}).items()),
-        f"- command: `python benchmarks/multi_gpu.py --out {args.out}" + (" --smoke" if args.smoke else "") + "`"
+        f"- command: `python benchmarks/multi_gpu.py {shlex.join(sys.argv[1:])}`"
         f" ({wall:.0f} s in all); each run is `python -m lit_qsum fit --config configs/multi-gpu.yaml` "
         "(or `configs/fsdp-qlora.yaml`) with a random-init model of the shape (benchmarks/shapes.py), QLoRA r16, "
         "bf16-mixed, synthetic dialogues cut to "
@@ -388,7 +389,8 @@ def write_results(out: Path, date: str, records: list[dict], args: argparse.Name
         *rows,
         "",
         (f"2 GPUs / 1 GPU (DDP, same micro-batch per GPU): **{ratio:.2f}x** tokens/s (target >= 1.8x)"
-         if ratio else "2-GPU/1-GPU ratio: not measured (a DDP run failed)"),
+         if ratio else "2-GPU/1-GPU ratio: not measured (a DDP run "
+         + ("failed)" if any(r["strategy"] == "ddp" for r in records) else "was left out: --skip)")),
     ]
     if fsdp and "checkpoint" in fsdp:
         lines.append(f"FSDP run: validated 2 batches with generate() and saved a checkpoint: {fsdp['checkpoint']}")

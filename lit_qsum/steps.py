@@ -317,7 +317,7 @@ class StepEngine:
             and not self.sharded
             and self.micro_batch.pending_micro_batch_size is None
             and self.module.trainer.world_size == 1
-            and "16-mixed" not in str(self.module.trainer.precision)
+            and str(self.module.trainer.precision) != "16-mixed"  # not a substring test: "bf16-mixed" contains it
             and type(inner) in (torch.optim.Adam, torch.optim.AdamW)
             and all(group.get("fused") for group in inner.param_groups)
         )
@@ -391,8 +391,10 @@ class StepEngine:
         """
         if not self.gradient_clip_val:
             return
-        if self.sharded:
-            # whole, identical gradients on every rank, which Lightning's FSDP precision plugin won't clip by norm
+        if self.sharded or getattr(self.module.trainer.precision_plugin, "scaler", None) is None:
+            # FSDP: whole, identical gradients on every rank, which Lightning's FSDP precision plugin won't clip by
+            # norm. No loss scaler (bf16-mixed, 32-true): the same clip Lightning's plugin would make, without its
+            # refusal to clip for a fused Adam built with ``fused=True`` (a refusal meant for 16-mixed's scaler)
             torch.nn.utils.clip_grad_norm_(self.trainable(), self.gradient_clip_val)
         else:
             self.module.clip_gradients(

@@ -22,7 +22,7 @@ TINY = {"model_type": "t5", "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads":
 
 
 def fit(monkeypatch: pytest.MonkeyPatch, tmp_path, bad_calls: set[int], steps: int = 6, limit: int = 3, accumulate: int = 1,
-        fused: bool = False, callbacks: list | None = None):
+        fused: bool = False, callbacks: list | None = None, precision: str = "32-true"):
     """``fused``: torch's fused AdamW, as lit-qsum picks on a GPU: the step that skips on the device, without a sync."""
     extra = {"optimizer": lambda params: torch.optim.AdamW(params, lr=1e-3, fused=True)} if fused else {}
     module = SummarizationModule(model_config=TINY, tokenizer="lit_qsum:demo", backend="lora", max_consecutive_nonfinite=limit,
@@ -38,7 +38,7 @@ def fit(monkeypatch: pytest.MonkeyPatch, tmp_path, bad_calls: set[int], steps: i
     monkeypatch.setattr(SummarizationModule, "_loss", loss)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, default_root_dir=tmp_path, use_distributed_sampler=False,
-                        callbacks=callbacks or [])
+                        callbacks=callbacks or [], precision=precision)
     trainer.fit(module, data)
     return module, trainer
 
@@ -120,7 +120,8 @@ class StepRecorder(L.Callback):
         self.adam_steps.append(float(next(iter(state.values()))["step"]) if state else 0.0)
 
 
-def test_fused_adamw_steps_skip_nan_updates_on_the_device_without_a_host_read(monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # bf16-mixed: what every GPU config runs
+def test_fused_adamw_steps_skip_nan_updates_on_the_device_without_a_host_read(monkeypatch, tmp_path, precision) -> None:
     reads = {"agree": 0, "resolved": 0}
     real_agree, real_resolve = grad_sync.agree, StepEngine.resolve_pending
 
@@ -135,7 +136,8 @@ def test_fused_adamw_steps_skip_nan_updates_on_the_device_without_a_host_read(mo
     monkeypatch.setattr(grad_sync, "agree", agree)
     monkeypatch.setattr(StepEngine, "resolve_pending", resolve)
     recorder = StepRecorder()
-    module, trainer = fit(monkeypatch, tmp_path, bad_calls={3}, steps=6, fused=True, callbacks=[recorder])
+    module, trainer = fit(monkeypatch, tmp_path, bad_calls={3}, steps=6, fused=True, callbacks=[recorder],
+                          precision=precision)
     assert reads["agree"] == 0 and reads["resolved"] == 6  # no synced agreement; each step read back once
     assert module.engine.nonfinite.total == 1 and module.engine.nonfinite.in_a_row == 0
     # step 3's update was skipped on the device: weights and Adam's step count stay; the step still counts
