@@ -182,7 +182,7 @@ class _FakeEvent:
     def __init__(self, ms: float) -> None:
         self.ms = ms
 
-    def elapsed_time(self, end: "_FakeEvent") -> float:
+    def elapsed_time(self, end: _FakeEvent) -> float:
         return end.ms - self.ms
 
 
