@@ -167,6 +167,7 @@ class SummarizationModule(L.LightningModule):
                 precision=str(trainer.precision),
             ):
                 rank_zero_info(line)
+            fsdp.own_block_inputs(self.model)  # FSDP reshards each frozen block after its own backward; all strategies alike
         self._chunked_lm = self._setup_chunked_loss()
         self._check_precision(str(trainer.precision))
         decision = self.loaded.decision

@@ -19,6 +19,9 @@
   shards floating tensors only: ``--model.quantization.bnb_4bit_quant_storage bfloat16``) and a mixed-precision
   parameter dtype other than that storage dtype (FSDP would cast the packed 4-bit bytes and corrupt them).
 
+Each frozen block reshards right after its own backward (``reshard_frozen_units_in_backward``): FSDP waits for
+the gradients of a frozen unit's inputs, and T5's and BART's decoder blocks share one input, the encoder's output.
+
 Forward and backward all-gather each block on every rank, so ranks must run the same forwards: generation keeps
 ranks stepping together (``generation_context``), evaluation gives every rank the same number of batches, and a
 CUDA OOM stops the run instead of being recovered in place. Lightning allows its FSDP on CUDA only; this subclass
@@ -98,6 +101,8 @@ class QLoraFSDPStrategy(FSDPStrategy):
             ignored_states=trainable,
             **kwargs,
         )
+        units = reshard_frozen_units_in_backward(model.model)
+        rank_zero_info(f"FSDP: {units} units, each resharded right after its own backward")
         unfused = unfuse_own_units(model.model)
         if unfused:
             rank_zero_info(f"FSDP: {unfused} LoRA layer(s) whose base is an FSDP unit of its own run through peft, unfused")
@@ -133,6 +138,45 @@ class QLoraFSDPStrategy(FSDPStrategy):
 def no_split_modules(model: nn.Module) -> set[str]:
     """Class names of the transformer blocks Hugging Face models in ``model`` declare unsplittable."""
     return compat.no_split_module_classes(model.modules())
+
+
+def own_block_inputs(model: nn.Module) -> int:
+    """Give every transformer block (the model's ``_no_split_modules``) its own alias of the inputs that require grad;
+    returns how many blocks.
+
+    Run on every strategy, so one device, DDP and FSDP sum the encoder output's gradient in the same order (per
+    decoder block, then over blocks) and train bitwise alike; FSDP also needs the aliases outside its units
+    (``reshard_frozen_units_in_backward``). A view costs no copy and gives the same gradient up to that order.
+    """
+    names = no_split_modules(model)
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    for block in blocks:
+        block.register_forward_pre_hook(_own_grad_inputs, with_kwargs=True)
+    return len(blocks)
+
+
+def reshard_frozen_units_in_backward(model: nn.Module) -> int:
+    """Let each frozen FSDP unit reshard right after its own backward, not at the end of a shared input's; returns how
+    many units got the hook.
+
+    FSDP reshards a unit whose parameters are all frozen once the gradients of its forward's inputs that require grad
+    are complete (a multi-grad hook on those inputs: there is no gradient of its own to wait for). An input that every
+    unit shares completes only when the last of them is done: T5's and BART's decoder blocks all take the encoder's
+    output, so every decoder block stayed gathered until the whole decoder's backward was over (t5-xl: 24 blocks,
+    about 1.1 GiB per GPU). A fresh alias of each such input per unit (``view_as``: no copy, the same gradient) makes
+    each unit's inputs its own, complete as soon as that unit's backward is.
+    """
+    units = [m for m in model.modules() if isinstance(m, FSDP) and m is not model]
+    for unit in units:
+        unit.register_forward_pre_hook(_own_grad_inputs, with_kwargs=True)
+    return len(units)
+
+
+def _own_grad_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+    def own(value: Any) -> Any:
+        return value.view_as(value) if isinstance(value, torch.Tensor) and value.requires_grad else value
+
+    return tuple(own(a) for a in args), {k: own(v) for k, v in kwargs.items()}
 
 
 def unfuse_own_units(model: nn.Module) -> int:
