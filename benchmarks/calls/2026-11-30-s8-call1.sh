@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Ran as session 8 call 1, unchanged from how session 7 prepared it.)
 # Prepared at the end of session 7 for the first device call of the next session (nvidia-h200-x2), not yet run; see
 # benchmarks/results/2026-11-30-speed-notes-4.md ("Next"). Ends by ~560 s; logs re-tarred into $OUT every 15 s.
 # Everything writes under /tmp, so the tests on GPU 1 never see a benchmark write the checkout's outputs/.
