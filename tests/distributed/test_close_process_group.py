@@ -8,12 +8,13 @@ without an active exception" (40 pairs on the dev machine, 2026-11-28: 13 aborte
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import ddp_harness as ddp
 
 REPO = Path(__file__).resolve().parents[2]
 RANK = """
@@ -29,17 +30,11 @@ print("closed" if not dist.is_initialized() else "still open", float(t[0]))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_gloo_ranks_exit_cleanly_after_closing() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for _ in range(8):
-        url = f"tcp://127.0.0.1:{free_port()}"
+        url = f"tcp://127.0.0.1:{ddp.free_port()}"
         ranks = [subprocess.Popen([sys.executable, "-c", RANK, str(r), url], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for r in range(2)]
         for rank in ranks:

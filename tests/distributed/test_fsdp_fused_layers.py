@@ -6,12 +6,11 @@ fused forward would read that unit's local flat shard as the weight ("mat2 must 
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+import ddp_harness as ddp
 
 
 class Block(torch.nn.Module):
@@ -66,11 +65,7 @@ def _rank(rank: int, port: int, results, wo_dtype: torch.dtype) -> None:
 def test_layers_over_their_own_fsdp_unit_are_unfused_and_match_peft(wo_dtype: torch.dtype) -> None:
     """float32 wo (transformers' layout): a unit of its own, so peft's forward again. bf16 wo (what
     ``fp32_modules_in_bf16`` stores under bf16): inside its block's unit, fused, with peft's output."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.spawn(_rank, args=(port, results, wo_dtype), nprocs=2)
+    results = ddp.spawn_pair(_rank, wo_dtype)
     for rank in range(2):
         (_, _, plain), (fused, unfused, fast) = results[rank]
         # float32 wo beside bf16: each its own unit, unfused; bf16 wo: in the block's unit, still fused

@@ -8,12 +8,11 @@ memory per GPU than on one GPU). Counted here on 2 CPU processes (gloo) during a
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+import ddp_harness as ddp
 
 DECODER_LAYERS = 4
 SHAPES = {
@@ -71,11 +70,7 @@ def _rank(rank: int, port: int, results, kind: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["t5", "bart"])
 def test_frozen_decoder_blocks_reshard_after_their_own_backward_with_the_same_gradients(kind: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.spawn(_rank, args=(port, results, kind), nprocs=2)
+    results = ddp.spawn_pair(_rank, kind)
     for rank in range(2):
         out = results[rank]
         (_, units, before, want), (hooked, _, after, got) = out[False], out[True]

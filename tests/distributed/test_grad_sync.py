@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+import ddp_harness as ddp
 from lit_qsum.distributed import grad_sync
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, results: dict) -> None:
@@ -51,8 +43,7 @@ def _flat_worker(rank: int, port: int, results: dict) -> None:
 
 
 def test_flat_gradients_are_reduced_where_they_lie() -> None:
-    results = mp.Manager().dict()
-    mp.start_processes(_flat_worker, args=(_free_port(), results), nprocs=2, start_method="fork")
+    results = ddp.spawn_pair(_flat_worker, start_method="fork")
     for rank in (0, 1):
         a, b, flat, same_tensors = results[rank]
         assert a == [1.5] * 3 and b == [[15.0, 15.0], [15.0, 15.0]]
@@ -74,8 +65,7 @@ def test_flat_grads_lays_gradients_out_as_views_of_one_buffer_per_dtype() -> Non
 
 
 def test_all_reduce_averages_each_dtype_and_agree_takes_the_max() -> None:
-    results = mp.Manager().dict()
-    mp.start_processes(_worker, args=(_free_port(), results), nprocs=2, start_method="fork")
+    results = ddp.spawn_pair(_worker, start_method="fork")
     for rank in (0, 1):
         a, b, c, agreed = results[rank]
         assert a == [1.5] * 3
