@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lit_qsum.data.collate import count_tokens
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
+from lit_qsum.fastpath import lora_linear
 from lit_qsum.fastpath.cuda_graphs import StepGraphs
 from lit_qsum.micro_batch import MicroBatchState, find_oom_handler
 
@@ -117,6 +118,7 @@ class StepEngine:
         self._task = "seq2seq"
         self._syncs_per_step = False  # set at train start: under DDP the engine averages gradients itself
         self._trainable_params: list[torch.nn.Parameter] | None = None
+        self._copy_plans: list[Any] | None = None  # fused LoRA layers with compute-dtype adapter copies
         self._resumed_open_step: dict[str, Any] | None = None
         # the open optimizer step's summed micro-batch losses (device) and their number; a sum, not the tensors, since
         # a CUDA graph's loss is overwritten by its next replay
@@ -145,6 +147,7 @@ class StepEngine:
         self._task = task
         self._syncs_per_step = syncs_per_step
         self.graphs = graphs
+        self.refresh_adapter_copies()  # weights loaded or put back (a checkpoint, the batch-size finder) since last use
         self._apply_resumed_open_step()
 
     @property
@@ -166,6 +169,14 @@ class StepEngine:
     def reset_trainable(self) -> None:
         """Forget the trainable parameters found so far: a strategy may have wrapped the model since."""
         self._trainable_params = None
+        self._copy_plans = None
+
+    def refresh_adapter_copies(self) -> int:
+        """Bring the fused layers' compute-dtype adapter copies up to date with the weights (``speed.adapter_copies``);
+        returns how many layers changed."""
+        if self._copy_plans is None:
+            self._copy_plans = lora_linear.fused_plans(self.module.model)
+        return lora_linear.refresh_adapter_copies(self._copy_plans)
 
     # ---- training -------------------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any]) -> list[torch.Tensor]:
@@ -301,6 +312,7 @@ class StepEngine:
 
     def _step_and_schedule(self, optimizer: Any) -> None:
         optimizer.step()  # clips in on_before_optimizer_step, once 16-mixed's scaler has unscaled the gradients
+        self.refresh_adapter_copies()  # a captured step reads them without checking
         optimizer.zero_grad(set_to_none=self._drops_grads)
         scheduler = self.module.lr_schedulers()
         if scheduler is not None:

@@ -3,13 +3,15 @@
 # benchmarks/results/2026-11-30-speed-notes-5.md ("Next"). Every figure now has its steady-state twin (timed steps
 # without a CUDA-graph capture), and the sync-free optimizer step really runs under bf16-mixed. Ends by ~545 s.
 # GPU 0: the decoder row (recipe, QLoRA defaults), then the Unsloth backend against the plain Unsloth loop (both padded
-#        to 8, kernel + host tables), then t5-large mb16 default / cuDNN attention / summaries padded to 16 (lit-qsum
-#        only: the choice between them is GPU time per token and steady tokens/s, the recipe is in call 3 of session 8).
+#        to 8, kernel + host tables), then t5-large mb16 default / no adapter copies / cuDNN attention / summaries
+#        padded to 16 (lit-qsum only: the choice between them is GPU time per token and steady tokens/s; the recipe's
+#        figure is in call 3 of session 8). "fit with graphs = fit without" on GPU 1 checks the adapter copies' refresh.
 # GPU 1: the CUDA-graph, norm and sync GPU tests; t5-large mb64 (recipe, defaults); bart-large mb64 (recipe, defaults).
 source benchmarks/calls/prelude.sh
 PAD='"data":{"pad_to_multiple_of":64}'
 CUDNN='"module":{"speed":{"cudnn_attention":true}}'
 TARGET16='"data":{"pad_to_multiple_of":64,"target_pad_to_multiple_of":16}'
+NOCOPIES='"module":{"speed":{"adapter_copies":false}}'
 (
   export CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor0
   python benchmarks/speed.py --shapes qwen2.5-1.5b --tools hf lit-qsum --warmup 10 --steps 30 --what speed-decoder-3 \
@@ -19,7 +21,8 @@ TARGET16='"data":{"pad_to_multiple_of":64,"target_pad_to_multiple_of":16}'
     --steps 30 --what speed-unsloth-backend-2 --lit-variant 'unsloth-backend-pad8={"module":{"backend":"unsloth"}}' \
     --worker-timeout 100 --deadline-s 130 --logs $W/logs --out $W/res > $W/gpu0-unsloth.log 2>&1
   python benchmarks/speed.py --shapes t5-large --tools lit-qsum --warmup 10 --steps 30 --what speed-t5-mb16-candidates \
-    --lit-variant "default={$PAD}" --lit-variant "cudnn-attention={$CUDNN,$PAD}" --lit-variant "target16={$TARGET16}" \
+    --lit-variant "default={$PAD}" --lit-variant "no-adapter-copies={$NOCOPIES,$PAD}" \
+    --lit-variant "cudnn-attention={$CUDNN,$PAD}" --lit-variant "target16={$TARGET16}" \
     --worker-timeout 70 --deadline-s $(( $(left) - 10 )) --logs $W/logs --out $W/res > $W/gpu0-t5-candidates.log 2>&1
 ) &
 P0=$!

@@ -33,7 +33,8 @@ def apply_speedups(
     global _saved_cudnn_sdp  # noqa: PLW0603 - the backend flag is process-wide in torch itself
     report = []
     if speed.fused_lora:
-        fused, skipped = fuse_lora_layers(model, keep_weight=gradient_checkpointing, dequant=speed.dequant)
+        fused, skipped = fuse_lora_layers(model, keep_weight=gradient_checkpointing, dequant=speed.dequant,
+                                          keep_copies=speed.adapter_copies)
         left = ", ".join(f"{n} ({why})" for why, n in skipped.items())
         report.append(f"fast path: {fused} LoRA layers fused" + (f"; left to peft: {left}" if left else ""))
     if speed.fp32_modules_in_bf16 and precision in BF16_PRECISIONS and (cast := fp32_modules_to(model, torch.bfloat16)):
