@@ -65,19 +65,25 @@ def test_only_known_norm_classes_with_the_expected_attributes_are_fused() -> Non
     assert fuse_rms_norms(model) == 1  # idempotent: the same forward again
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_qlora_t5_with_fused_norms_gives_the_loss_and_lora_gradients(checkpointing: bool) -> None:
-    """The tiny T5 in 4-bit with LoRA (LoRA dropout 0.05 and T5's 0.1, bf16 autocast, as users train): the fused norms
-    change the loss and the adapters' gradients only by float32 rounding."""
+def tiny_t5_pair(checkpointing: bool) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """The tiny T5 in 4-bit with LoRA (dropout 0.05), norm weights away from one, twice; and apply_speedups' settings."""
     _, plain = load_tiny("t5", "qlora", checkpointing, dropout=0.05)
     with torch.no_grad():  # a fresh T5's norm weights are ones, which would hide a weight the fused norm dropped
         for name, param in plain.named_parameters():
             if "layer_norm" in name:
                 param.normal_(1.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
-    fused = copy.deepcopy(plain)
     settings = {"device": torch.device("cpu"), "gradient_checkpointing": checkpointing, "precision": "bf16-mixed"}
+    return plain, copy.deepcopy(plain), settings
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_qlora_t5_with_fused_norms_gives_the_loss_and_lora_gradients(checkpointing: bool) -> None:
+    """The tiny T5 in 4-bit with LoRA (LoRA dropout 0.05 and T5's 0.1, bf16 autocast, as users train): the fused norms
+    change the loss and the adapters' gradients only by float32 rounding."""
+    plain, fused, settings = tiny_t5_pair(checkpointing)
     apply_speedups(plain, SpeedSettings(fused_rms_norm=False), **settings)
-    lines = apply_speedups(fused, SpeedSettings(), **settings)
+    # the two-pass fused norm (one-pass is on by default; its own test below)
+    lines = apply_speedups(fused, SpeedSettings(one_pass_rms_norm=False), **settings)
     assert any("12 RMS norms" in line for line in lines), lines  # 2x2 encoder + 2x3 decoder + 2 final norms
     batch = tiny_batch("t5", plain.config.vocab_size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -119,13 +125,7 @@ def test_the_one_pass_norm_is_within_one_rounding_of_transformers(kind, weight_d
 
 
 def test_qlora_t5_with_one_pass_norms_gives_the_loss_and_lora_gradients() -> None:
-    _, plain = load_tiny("t5", "qlora", True, dropout=0.05)
-    with torch.no_grad():
-        for name, param in plain.named_parameters():
-            if "layer_norm" in name:
-                param.normal_(1.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
-    one_pass = copy.deepcopy(plain)
-    settings = {"device": torch.device("cpu"), "gradient_checkpointing": True, "precision": "bf16-mixed"}
+    plain, one_pass, settings = tiny_t5_pair(checkpointing=True)
     apply_speedups(plain, SpeedSettings(one_pass_rms_norm=False), **settings)
     lines = apply_speedups(one_pass, SpeedSettings(one_pass_rms_norm=True), **settings)
     assert any("12 RMS norms run as one fused kernel with the weight" in line for line in lines), lines
