@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100  # what torch's cross-entropy skips
 
 
-def _round_up(length: int, multiple: int) -> int:
+def round_up(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 
 
@@ -33,7 +33,7 @@ def _check(pad_token_id: int, pad_to_multiple_of: int) -> None:
 
 def pad(sequences: Sequence[Sequence[int]], value: int, multiple: int, left: bool = False) -> tuple[Tensor, Tensor]:
     """Pads to ``[B, L]`` with ``L`` the longest length rounded up to ``multiple``; returns (ids, mask)."""
-    width = _round_up(max((len(s) for s in sequences), default=0), multiple)
+    width = round_up(max((len(s) for s in sequences), default=0), multiple)
     ids = torch.full((len(sequences), width), value, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -137,7 +137,7 @@ def _target_multiple(pad_to_multiple_of: int, target_pad_to_multiple_of: int | N
 def target_rows(features: Sequence[dict[str, Any]], multiple: int) -> tuple[Tensor, Tensor]:
     """(positions, labels) ``[B, T]``: target token ``k`` of row ``i`` is predicted at position ``len(prompt) + k - 1``;
     padding entries point at position 0 with label -100 (so does a first target token with no prompt before it)."""
-    width = _round_up(max((len(f["target_ids"]) for f in features), default=0), multiple)
+    width = round_up(max((len(f["target_ids"]) for f in features), default=0), multiple)
     positions = torch.zeros((len(features), width), dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
     for row, f in enumerate(features):

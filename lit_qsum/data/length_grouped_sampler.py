@@ -47,6 +47,8 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from lit_qsum.data.collate import round_up
+
 
 def _parts(lengths: Sequence[int] | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     """Each sample's lengths as a tuple of parts (one part for a plain length)."""
@@ -54,10 +56,6 @@ def _parts(lengths: Sequence[int] | Sequence[Sequence[int]]) -> list[tuple[int, 
     if len({len(p) for p in parts}) > 1:
         raise ValueError("lengths: every sample needs the same number of parts")
     return parts
-
-
-def _round_up(length: int, multiple: int) -> int:
-    return -(-length // multiple) * multiple
 
 
 def _check_sharding(num_replicas: int, rank: int) -> None:
@@ -171,7 +169,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if self.bucket is None:
             return lambda i: (-self.lengths[i],)
         bucket = self.bucket
-        return lambda i: (-_round_up(self.parts[i][0], bucket), *(-part for part in self.parts[i][1:]))
+        return lambda i: (-round_up(self.parts[i][0], bucket), *(-part for part in self.parts[i][1:]))
 
     def _padded(self, batch: list[int]) -> int:
         """A batch's padded length per sample: each part padded to its longest in the batch and the source to the
@@ -179,7 +177,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if self.bucket is None:
             return max(self.lengths[i] for i in batch)
         widths = [max(self.parts[i][p] for i in batch) for p in range(len(self.parts[batch[0]]))]
-        widths[0] = _round_up(widths[0], self.bucket)
+        widths[0] = round_up(widths[0], self.bucket)
         return sum(widths)
 
     def _num_remaining_batches(self, handed_out: int = 0) -> int:
