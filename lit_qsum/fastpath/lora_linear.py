@@ -161,18 +161,18 @@ def adapter_in(plan: _Plan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Ten
         return a, b
     if not plan.keep_copies:
         return a.to(dtype), b.to(dtype)
-    copies = plan.copies
+    copies, versions = plan.copies, (a._version, b._version)
     if copies is None or copies[0].dtype != dtype or copies[0].device != a.device:
         with torch.no_grad():
             plan.copies = copies = (a.detach().to(dtype), b.detach().to(dtype))
-        plan.versions = (a._version, b._version)
-        CopyStats.lazy_refreshes += 1
-    elif plan.versions != (a._version, b._version):
+    elif plan.versions != versions:
         with torch.no_grad():
             copies[0].copy_(a)
             copies[1].copy_(b)
-        plan.versions = (a._version, b._version)
-        CopyStats.lazy_refreshes += 1
+    else:
+        return copies
+    plan.versions = versions
+    CopyStats.lazy_refreshes += 1
     return copies
 
 
