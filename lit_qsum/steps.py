@@ -125,6 +125,7 @@ class StepEngine:
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
         self.pending: PendingStep | None = None
+        self._readback: tuple[torch.Tensor, torch.cuda.Event] | None = None  # the sync-free step's pinned copy
         self.last_loss: float | None = None  # mean loss of the last optimizer step read back (the progress bar's)
 
     def setup_train(
@@ -357,9 +358,11 @@ class StepEngine:
             del inner.found_inf
         values = torch.stack([count, torch.full((), float("nan"), device=device) if mean is None else mean])
         if values.is_cuda:
-            host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+            # one page-locked buffer and event for the run: each step's copy is read (resolve_pending) before the next
+            if self._readback is None:
+                self._readback = (torch.empty(2, dtype=torch.float32, pin_memory=True), torch.cuda.Event())
+            host, ready = self._readback
             host.copy_(values, non_blocking=True)
-            ready = torch.cuda.Event()
             ready.record()
             self.pending = PendingStep(host, ready)
         else:
