@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Run in session 9 (2026-11-30) as call 1; records benchmarks/results/2026-11-30-speed-{decoder-3,unsloth-backend-2,t5-mb16-candidates,steady-t5-mb64-2,steady-bart-mb64}.*, logs benchmarks/results/logs/2026-11-30-s9-call1-* (both GPUs wrote t5-large per-run logs of one name: the last one kept is the micro-batch-64 run's).
 # Prepared at the end of session 8 for the next session's first device call (nvidia-h200-x2), not yet run; see
 # benchmarks/results/2026-11-30-speed-notes-5.md ("Next"). Every figure now has its steady-state twin (timed steps
 # without a CUDA-graph capture), and the sync-free optimizer step really runs under bf16-mixed. Ends by ~545 s.
