@@ -430,7 +430,8 @@ class SummarizationModule(L.LightningModule):
                 rank_zero_info(f"fast path: CUDA graphs off: {why_not}")
             return None
         return cuda_graphs.StepGraphs(
-            self._loss, self.engine.trainable(), warm_each_shape=self.speed.compile, log=rank_zero_info
+            self._loss, self.engine.trainable(), warm_each_shape=self.speed.compile,
+            cudnn_attention=self.speed.cudnn_attention_in_graphs, log=rank_zero_info,
         )
 
     def _setup_lr_schedule(self) -> None:

@@ -103,7 +103,14 @@ class SpeedSettings:
     dequant: Literal["bitsandbytes", "torch"] = "bitsandbytes"
     """4-bit dequantization by bitsandbytes' kernel, or by plain torch ops (same values; traceable)."""
     cudnn_attention: bool = False
-    """Allow cuDNN scaled-dot-product attention; it re-plans for every new batch shape (slow host side)."""
+    """Allow cuDNN scaled-dot-product attention everywhere; it re-plans for every new batch shape (~9 ms of host time
+    per attention call on an H200), which generation's growing lengths hit at every token."""
+    cudnn_attention_in_graphs: bool = False
+    """With ``cuda_graphs``: cuDNN attention in the training steps only (the captures and the few eager micro-batches
+    beside them). A capture plans once per batch shape and replays never re-plan, so the faster kernel costs nothing
+    per step there (t5-large with cuDNN attention allowed in training: 26.6 against 29.0 GPU µs per token on an
+    H200); generation keeps flash / memory-efficient attention. A capture that fails with it is retried without it.
+    Off until this exact arrangement has been timed on a GPU (issue #16)."""
     compile: bool = False
     """torch.compile each transformer block for training (fused kernels, far less host time per layer);
     costs a one-off compile of minutes (a t5-large run had not finished it after 169 s on an H200), so it pays on long

@@ -77,6 +77,9 @@ class StepGraphs:
             ones free every graph, so that the eager step's OOM recovery can shrink the batch).
         warm_each_shape: Run each shape's first micro-batch eagerly and capture it when it comes again (for
             compiled blocks: compiling and autotuning can't happen inside a capture).
+        cudnn_attention: Let scaled-dot-product attention use cuDNN inside captures (its per-shape plan is made once,
+            at capture; replays don't re-plan), whatever the process-wide switch says outside them. A capture that
+            fails with it on is retried without it.
         log: Where the one-line messages go (capture costs, the reason graphs were switched off).
     """
 
@@ -88,6 +91,7 @@ class StepGraphs:
         max_graphs: int = 64,
         max_capture_ooms: int = 2,
         warm_each_shape: bool = False,
+        cudnn_attention: bool = False,
         log: Callable[[str], None] = rank_zero_info,
     ) -> None:
         if max_graphs < 1:
@@ -98,6 +102,7 @@ class StepGraphs:
         self.max_capture_ooms = max_capture_ooms
         self.capture_ooms = 0
         self.warm_each_shape = warm_each_shape
+        self.cudnn_attention = cudnn_attention
         self.log = log
         self.stats = GraphStats()
         self.off_reason: str | None = None
@@ -141,10 +146,16 @@ class StepGraphs:
     def eager_context(self) -> contextlib.AbstractContextManager:
         """Where the engine runs the micro-batches the graphs leave to it: as a capture runs them, under the autocast
         of a capture (no weight-cast cache) and with SDPA masks always built, so compiled blocks see the same global
-        state and the same inputs (a mask, never None), warm up for them, and are not recompiled inside a capture."""
+        state and the same inputs (a mask, never None), warm up for them, and are not recompiled inside a capture.
+        With ``cudnn_attention`` they may use cuDNN's attention as captures do: the warm-up step so initializes it
+        before the first capture (a first use inside a capture fails, H200 2026-11-30), and they train with the
+        captures' kernels."""
         if not self.on:
             return contextlib.nullcontext()
-        return _as_captured(self.params[0].device.type)
+        stack = contextlib.ExitStack()
+        stack.enter_context(_as_captured(self.params[0].device.type))
+        stack.enter_context(_cudnn_sdp(self.cudnn_attention))
+        return stack
 
     def forward_backward(
         self, batch: Batch, weight: float, backward_context: Callable[[], contextlib.AbstractContextManager]
@@ -206,7 +217,13 @@ class StepGraphs:
             return None
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            self.turn_off(f"capture failed ({first[:200]})")
+            if self.cudnn_attention:
+                # cuDNN attention is the one kernel choice captures add to the eager step: capture without it next
+                self.cudnn_attention = False
+                self.log(f"fast path: a capture with cuDNN attention failed ({first[:200]}); capturing without it")
+                self.reset()
+            else:
+                self.turn_off(f"capture failed ({first[:200]})")
             self._after_failed_capture()
             return None
         seconds = time.perf_counter() - started
@@ -229,7 +246,7 @@ class StepGraphs:
             self._weight = torch.ones((), dtype=torch.float32, device=device)
         inputs = {name: batch[name].clone() for name, _ in key}
         graph = torch.cuda.CUDAGraph()
-        with _as_captured(device.type), torch.cuda.graph(
+        with _as_captured(device.type), _cudnn_sdp(self.cudnn_attention), torch.cuda.graph(
             graph, pool=self._pool, capture_error_mode="thread_local"
         ), backward_context():
             loss = self.loss_fn(inputs)
@@ -269,6 +286,18 @@ def _as_captured(device_type: str) -> Iterator[None]:
     """What a capture runs under, and the eager micro-batches beside it (``StepGraphs.eager_context``)."""
     with _same_autocast_without_cache(device_type), always_build_sdpa_masks():
         yield
+
+
+@contextlib.contextmanager
+def _cudnn_sdp(enabled: bool) -> Iterator[None]:
+    """cuDNN scaled-dot-product attention allowed inside (when ``enabled``), the process-wide switch put back after."""
+    saved = torch.backends.cuda.cudnn_sdp_enabled()
+    if enabled:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(saved)
 
 
 @contextlib.contextmanager

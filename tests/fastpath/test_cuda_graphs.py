@@ -175,6 +175,52 @@ def test_compiled_blocks_see_each_shape_eagerly_before_it_is_captured() -> None:
     assert run(warm_each_shape=False) == [False, True, True, True, True, True]
 
 
+def test_cudnn_attention_is_allowed_inside_captures_only_and_a_failing_capture_retries_without_it() -> None:
+    """cuDNN attention plans per batch shape: inside a capture that is once per shape, so captures allow it while the
+    process-wide switch (off, as apply_speedups leaves it on CUDA) stays off for eager steps and generation. A capture
+    that fails with it on is retried without it before graphs are given up."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    seen: list[bool] = []
+    fail = {"first": True, "always": False}
+
+    class Recording(EagerStandInGraphs):
+        def _record(self, key, batch, backward_context):
+            with cuda_graphs._cudnn_sdp(self.cudnn_attention):  # what the real _record wraps the capture in
+                seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+                if fail["always"] or (fail["first"] and self.cudnn_attention):
+                    raise RuntimeError("CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR: cudnnFinalize failed (simulated)")
+            return super()._record(key, batch, backward_context)
+
+    def loss_fn(batch):
+        return (batch["input_ids"].float().sum(-1, keepdim=True) * weight).mean()
+
+    batch = {"input_ids": torch.ones(2, 8)}
+    logged: list[str] = []
+    saved = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        graphs = Recording(loss_fn, [weight], cudnn_attention=True, log=logged.append)
+        with graphs.eager_context():  # the warm-up and other eager micro-batches beside the graphs use it too
+            assert torch.backends.cuda.cudnn_sdp_enabled()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert graphs.forward_backward(batch, 1.0, _nullcontext) is None  # the eager warm-up
+        assert graphs.forward_backward(batch, 1.0, _nullcontext) is None  # the capture with cuDNN fails: eager step
+        assert graphs.on and not graphs.cudnn_attention and "capturing without it" in logged[-1]
+        assert graphs.forward_backward(batch, 1.0, _nullcontext) is not None  # captured without it
+        assert seen == [True, False] and not torch.backends.cuda.cudnn_sdp_enabled()  # put back after each capture
+        with graphs.eager_context():  # and the eager micro-batches follow the captures
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+
+        fail["always"] = True  # a failure with cuDNN off: graphs are given up, as before
+        graphs = Recording(loss_fn, [weight], cudnn_attention=False, log=logged.append)
+        graphs.forward_backward(batch, 1.0, _nullcontext)
+        assert graphs.forward_backward(batch, 1.0, _nullcontext) is None
+        assert not graphs.on and "capture failed" in graphs.off_reason
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(saved)
+
+
 class LossesShown(L.Callback):
     """The loss the progress bar would show after every training batch (the step engine's read-back mean)."""
 
@@ -300,11 +346,14 @@ def _gpu_batch(seed: int, vocab: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("checkpointing", "compiled"), [(False, False), (True, False), (True, True)])
-def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool, compiled: bool) -> None:
+@pytest.mark.parametrize(("checkpointing", "compiled", "cudnn"),
+                         [(False, False, False), (True, False, False), (True, False, True), (True, True, False)])
+def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool, compiled: bool, cudnn: bool) -> None:
     """Eager and captured steps with one seed: same loss and LoRA gradients (dropout on, as users train); with
-    compiled blocks the reference is the compiled eager step (Inductor draws dropout masks its own way)."""
-    model = _gpu_model(checkpointing, compiled)
+    compiled blocks the reference is the compiled eager step (Inductor draws dropout masks its own way). ``cudnn``:
+    cuDNN attention inside the capture only (the default), its reference an eager step with cuDNN attention."""
+    model = _gpu_model(checkpointing, compiled)  # apply_speedups switches cuDNN attention off process-wide
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
     params = [p for p in model.parameters() if p.requires_grad]
 
     def loss_fn(batch):
@@ -321,8 +370,8 @@ def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool,
 
     vocab = model.config.vocab_size
     first, second = _gpu_batch(1, vocab), _gpu_batch(2, vocab)
-    graphs = StepGraphs(loss_fn, params, warm_each_shape=compiled, log=lambda _: None)
-    with torch.autocast("cuda", dtype=torch.bfloat16), graphs.eager_context():
+    graphs = StepGraphs(loss_fn, params, warm_each_shape=compiled, cudnn_attention=cudnn, log=lambda _: None)
+    with torch.autocast("cuda", dtype=torch.bfloat16), graphs.eager_context(), cuda_graphs._cudnn_sdp(cudnn):
         # the reference steps and the warm-up step as the engine runs eager micro-batches beside graphs: under the
         # capture's autocast (no weight-cast cache) and masks, so compiled blocks compile once, for the global state
         # the capture sees, and are not recompiled inside it
@@ -341,6 +390,7 @@ def test_a_captured_step_gives_the_eager_loss_and_gradients(checkpointing: bool,
         for p, want in zip(params, want_grads):
             torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-6)
     assert graphs.stats.captures == 1 and graphs.stats.replays == 2  # one shape: captured once, replayed twice
+    assert graphs.cudnn_attention == cudnn and not torch.backends.cuda.cudnn_sdp_enabled()
 
 
 @pytest.mark.gpu
@@ -374,8 +424,10 @@ def _nullcontext():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compiled", [False, True])
-def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path, compiled: bool, monkeypatch) -> None:
+@pytest.mark.parametrize(("compiled", "cudnn"), [(False, False), (False, True), (True, False)])
+def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path, compiled: bool, cudnn: bool, monkeypatch) -> None:
+    """``cudnn``: cuDNN attention in the graphs' training steps (speed.cudnn_attention_in_graphs), against an eager
+    run with it allowed everywhere; no capture may have fallen back to other kernels."""
     if compiled:  # graphs over compiled blocks are refused until this test has passed on a GPU (issue #16)
         monkeypatch.setattr(cuda_graphs, "unsupported_reason", lambda **_: None)
     seen: list = []
@@ -390,7 +442,9 @@ def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path, compiled: bool, 
         module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="qlora", init_seed=3,
                                      lora=LoraSettings(rank=4, alpha=8, dropout=0.05), accumulate_grad_batches=2,
                                      gradient_checkpointing=True,
-                                     speed=SpeedSettings(cuda_graphs=graphs, compile=compiled))
+                                     speed=SpeedSettings(cuda_graphs=graphs, compile=compiled,
+                                                         cudnn_attention=cudnn and not graphs,
+                                                         cudnn_attention_in_graphs=cudnn))
         data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=40, max_eval_samples=4,
                                        pad_to_multiple_of=64)
         trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=6, limit_val_batches=0,
@@ -403,6 +457,7 @@ def test_fit_with_graphs_matches_fit_without_on_a_gpu(tmp_path, compiled: bool, 
     eager, replayed = fit(False), fit(True)
     (graphs,) = seen
     assert graphs.on and graphs.stats.replays > 0, graphs.summary()
+    assert graphs.cudnn_attention == cudnn  # no capture fell back to other attention kernels
     torch._dynamo.reset()
     reference = dict(eager.model.named_parameters())
     for name, param in replayed.model.named_parameters():
