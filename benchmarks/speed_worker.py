@@ -32,6 +32,34 @@ from lit_qsum.data.collate import IGNORE_INDEX, CausalCollator, Seq2SeqCollator 
 LEARNING_RATE = 2e-4
 # bf16 dense tensor-core peak, FLOP/s; matched by substring of torch.cuda.get_device_name(), first hit wins
 PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}
+KERNEL_CATEGORIES = (  # first match wins; names of H200 kernels in this harness's tables
+    ("attention", ("fmha", "flash", "sdpa", "attention", "cudnn_generated")),
+    ("4-bit dequantize", ("dequantize", "nf4")),
+    ("optimizer", ("multi_tensor", "adam", "foreach")),
+    ("dropout", ("dropout",)),
+    ("GEMM", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "splitk")),
+    ("norm", ("rms", "layer_norm", "norm")),
+    ("copy / cast / memset", ("copy", "memcpy", "memset", "cast", "to_copy")),
+    ("reduce", ("reduce",)),
+    ("other elementwise", ("elementwise", "triton", "fill", "index", "gather", "scatter")),
+)
+
+
+def kernel_categories(kernels: list[tuple[str, float]], tokens: float | None) -> str:
+    """Kernel time by kind (GEMM, attention, dropout...) of ``(name, µs)`` kernel events, as a small table: where the
+    GPU time per token goes."""
+    totals: dict[str, float] = {}
+    for name, device_us in kernels:
+        kind = next((kind for kind, words in KERNEL_CATEGORIES if any(w in name.lower() for w in words)), "other")
+        totals[kind] = totals.get(kind, 0.0) + device_us
+    whole = sum(totals.values()) or 1.0
+    lines = ["| kernel kind | ms | share | µs / token |", "|---|---|---|---|"]
+    for kind, us in sorted(totals.items(), key=lambda item: -item[1]):
+        per_token = f"{us / tokens:.2f}" if tokens else "-"
+        lines.append(f"| {kind} | {us / 1e3:.1f} | {us / whole:.0%} | {per_token} |")
+    return "\n".join(lines)
+
+
 class StepWindow:
     """Non-pad tokens and wall time of optimizer steps ``warmup + 1 .. warmup + steps``, then GPU kernel time of the
     ``profile_steps`` after them.
@@ -160,7 +188,10 @@ class StepWindow:
             sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
             text = [f"{self.profile_steps} steps after the timed window; {launches} kernel/graph launches; "
                     f"kernel time {kernel_us / 1e3:.1f} ms over {wall * 1e3:.1f} ms wall (CPU activity on)",
-                    averages.table(sort_by=sort, row_limit=40), averages.table(sort_by="self_cpu_time_total", row_limit=40)]
+                    kernel_categories([(e.name, e.device_time) for e in events if e.device_type == DeviceType.CUDA],
+                                      tokens),
+                    averages.table(sort_by=sort, row_limit=60, max_name_column_width=110),
+                    averages.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=110)]
             (out / f"profile-{label}.txt").write_text("\n".join(text))
         self.profiler = None
 
