@@ -28,7 +28,7 @@ from lit_qsum.cpu_threads import set_cpu_threads
 from lit_qsum.distributed import fsdp, grad_sync
 from lit_qsum.errors import UserInputError
 from lit_qsum.fastpath import apply_speedups, cuda_graphs, restore_speedups
-from lit_qsum.fastpath.chunked_loss import causal_lm_loss, plain_head_causal_lm
+from lit_qsum.fastpath.chunked_loss import causal_lm_loss, plain_head_causal_lm, plain_head_seq2seq_lm, seq2seq_lm_loss
 from lit_qsum.fastpath.optimizer import prefer_fused_adam
 from lit_qsum.generation import generate_summaries
 from lit_qsum.lr_schedule import LRDecay, WarmupDecayLR
@@ -242,25 +242,30 @@ class SummarizationModule(L.LightningModule):
 
     # ---- steps ----------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self._chunked_lm is not None and self.training:
-            return causal_lm_loss(self._chunked_lm, batch)
+        if self._chunked_lm is not None and self.training and not self.sharded:
+            # FSDP gathers the head and embeddings in its root unit's forward, which calling the inner LM skips
+            if self.loaded.task == "causal":
+                return causal_lm_loss(self._chunked_lm, batch)
+            return seq2seq_lm_loss(self._chunked_lm, batch)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss
 
     def _setup_chunked_loss(self) -> torch.nn.Module | None:
-        """The causal LM whose training loss ``speed.chunked_loss`` computes in chunks (None: the model's own loss)."""
-        if not self.speed.chunked_loss or self.loaded.task != "causal":
+        """The LM whose training loss ``speed.chunked_loss`` computes in chunks (None: the model's own loss)."""
+        if not self.speed.chunked_loss:
             return None
         if self.loaded.decision.backend not in ("qlora", "lora"):
             backend = self.loaded.decision.backend
             rank_zero_info(f"fast path: speed.chunked_loss skipped: the {backend} backend has its own loss")
             return None
-        lm = plain_head_causal_lm(self.model)
+        causal = self.loaded.task == "causal"
+        lm = plain_head_causal_lm(self.model) if causal else plain_head_seq2seq_lm(self.model)
         if lm is None:
             rank_zero_info(f"fast path: speed.chunked_loss skipped: {self.loaded.model_type} has a head it can't chunk "
-                           "(soft-capping, a trained or biased LM head)")
+                           "(soft-capping, a trained or biased LM head, or an architecture it doesn't know)")
         else:
-            rank_zero_info("fast path: causal-LM loss over chunks of rows (no full [batch, length, vocab] logits)")
+            kind = "causal-LM" if causal else "seq2seq"
+            rank_zero_info(f"fast path: {kind} loss over chunks of rows (no full [batch, length, vocab] logits)")
         return lm
 
     @override

@@ -115,7 +115,8 @@ def test_models_with_a_different_head_are_left_to_their_own_loss() -> None:
     assert plain_head_causal_lm(model) is None
 
 
-def test_a_fit_with_the_chunked_loss_lands_on_the_full_loss_fit(tmp_path) -> None:
+@pytest.mark.parametrize("task", ["causal", "seq2seq-t5", "seq2seq-bart"])
+def test_a_fit_with_the_chunked_loss_lands_on_the_full_loss_fit(tmp_path, task: str) -> None:
     """speed.chunked_loss through the module (dropout and accumulation as users train): the same adapter."""
     import lightning.pytorch as L
 
@@ -126,12 +127,20 @@ def test_a_fit_with_the_chunked_loss_lands_on_the_full_loss_fit(tmp_path) -> Non
     llama = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 
+    t5 = {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 2,
+          "num_decoder_layers": 2, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.1}
+    bart = {"model_type": "bart", "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "dropout": 0.1,
+            "max_position_embeddings": 512}
+    config = {"causal": llama, "seq2seq-t5": t5, "seq2seq-bart": bart}[task]
+
     def fit(chunked: bool) -> SummarizationModule:
         L.seed_everything(5)
-        module = SummarizationModule(model_config=llama, tokenizer="lit_qsum:demo", backend="lora", init_seed=5,
+        module = SummarizationModule(model_config=config, tokenizer="lit_qsum:demo", backend="lora", init_seed=5,
                                      lora=LoraSettings(rank=4, alpha=8, dropout=0.05), accumulate_grad_batches=2,
                                      speed=SpeedSettings(chunked_loss=chunked))
-        data = SummarizationDataModule(task="causal", batch_size=4, max_train_samples=24, max_eval_samples=4)
+        data = SummarizationDataModule(task=task.split("-", maxsplit=1)[0], batch_size=4, max_train_samples=24,
+                                       max_eval_samples=4)
         trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path / str(chunked),
                             use_distributed_sampler=False)
@@ -147,3 +156,73 @@ def test_a_fit_with_the_chunked_loss_lands_on_the_full_loss_fit(tmp_path) -> Non
             torch.testing.assert_close(param, reference[name], rtol=1e-4, atol=1e-6, msg=name)
             compared += 1
     assert compared
+
+
+# ---- seq2seq: T5 (the head's input scaled by the model) and BART (final_logits_bias) ------------------------------
+def _seq2seq(kind: str):
+    from peft import LoraConfig, get_peft_model
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    if kind.startswith("t5"):
+        lm = T5ForConditionalGeneration(T5Config(
+            vocab_size=97, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2,
+            dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+            tie_word_embeddings=kind == "t5-scaled"))  # transformers 5: False = no scaling of the decoder output
+        targets = ["q", "k", "v", "o", "wi", "wo"]
+    else:
+        lm = BartForConditionalGeneration(BartConfig(
+            vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=0.0, attention_dropout=0.0,
+            activation_dropout=0.0, max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+            decoder_start_token_id=2, forced_eos_token_id=2))
+        with torch.no_grad():  # a bias that matters: zeros would hide a bias left out
+            lm.final_logits_bias.normal_(0, 0.5)
+        targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    model = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
+                                          task_type="SEQ_2_SEQ_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    return model
+
+
+def _seq2seq_batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 97, (3, 13), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    labels = torch.randint(3, 97, (3, 6), generator=gen)
+    labels[0, 4:] = -100  # padded summaries
+    labels[2, 5:] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("kind", ["t5-scaled", "t5-unscaled", "bart"])
+@pytest.mark.parametrize("chunk_rows", [None, 5])
+def test_seq2seq_chunked_loss_gives_the_models_loss_and_lora_gradients(kind: str, chunk_rows: int | None) -> None:
+    from lit_qsum.fastpath.chunked_loss import plain_head_seq2seq_lm, seq2seq_lm_loss
+
+    model = _seq2seq(kind)
+    batch = _seq2seq_batch()
+    lm = plain_head_seq2seq_lm(model)
+    assert lm is not None
+    head = lm.lm_head
+    want_loss, want = _loss_and_grads(model, lambda: model(**batch).loss)
+    got_loss, got = _loss_and_grads(model, lambda: seq2seq_lm_loss(lm, batch, chunk_rows=chunk_rows))
+    assert lm.lm_head is head  # the T5 stand-in is put back
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=1e-6)
+    assert want.keys() == got.keys() and want
+    for name in want:  # float32 sums in another order: differences of ~1e-7 on gradients of ~1
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_seq2seq_heads_the_chunked_loss_cannot_take_are_refused() -> None:
+    from lit_qsum.fastpath.chunked_loss import plain_head_seq2seq_lm
+
+    model = _seq2seq("bart")
+    assert plain_head_seq2seq_lm(model) is not None
+    model.get_base_model().lm_head.weight.requires_grad_(True)  # a trained head needs its own gradient
+    assert plain_head_seq2seq_lm(model) is None
+    assert plain_head_seq2seq_lm(torch.nn.Linear(2, 2)) is None
