@@ -40,6 +40,10 @@ class MemorySnapshot(Callback):
         self.max_entries = max_entries
         self._baseline: int | None = None
         self._done = False
+        # the run's peak before this callback resets the counter for its step: a run's peak is the larger of this and
+        # the counter at its end (benchmarks/multi_gpu.py). Without it, a one-GPU run whose later steps are CUDA-graph
+        # replays (which allocate nothing) reported its step-4 baseline as its peak (session 8, 2.83 GiB for t5-xl)
+        self.peak_before_reset = 0
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -48,6 +52,7 @@ class MemorySnapshot(Callback):
         if pl_module.device.type != "cuda":
             return
         torch.cuda.synchronize()
+        self.peak_before_reset = torch.cuda.max_memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         self._baseline = torch.cuda.memory_allocated()
         torch.cuda.memory._record_memory_history(max_entries=self.max_entries)

@@ -88,7 +88,9 @@ class BenchRecorder(Callback):
                               torch.tensor(float(self._samples), dtype=torch.float64, device=device)])
         tokens, samples = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         cuda = device.type == "cuda"
-        peak = torch.tensor([float(torch.cuda.max_memory_allocated(device)) if cuda else 0.0,
+        # a MemorySnapshot callback resets the peak counter at its step: take the peak it saw before, too
+        before = max((getattr(cb, "peak_before_reset", 0) for cb in trainer.callbacks), default=0)
+        peak = torch.tensor([float(max(torch.cuda.max_memory_allocated(device), before)) if cuda else 0.0,
                              float(torch.cuda.max_memory_reserved(device)) if cuda else 0.0, self._at_start],
                             device=device)
         peaks = trainer.strategy.all_gather(peak).reshape(-1, 3).tolist()
