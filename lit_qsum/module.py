@@ -252,13 +252,13 @@ class SummarizationModule(L.LightningModule):
 
     def _setup_chunked_loss(self) -> torch.nn.Module | None:
         """The LM whose training loss ``speed.chunked_loss`` computes in chunks (None: the model's own loss)."""
-        if not self.speed.chunked_loss:
+        causal = self.loaded.task == "causal"
+        if not (self.speed.chunked_loss if causal else self.speed.chunked_seq2seq_loss):
             return None
         if self.loaded.decision.backend not in ("qlora", "lora"):
             backend = self.loaded.decision.backend
             rank_zero_info(f"fast path: speed.chunked_loss skipped: the {backend} backend has its own loss")
             return None
-        causal = self.loaded.task == "causal"
         lm = plain_head_causal_lm(self.model) if causal else plain_head_seq2seq_lm(self.model)
         if lm is None:
             rank_zero_info(f"fast path: speed.chunked_loss skipped: {self.loaded.model_type} has a head it can't chunk "

@@ -123,10 +123,14 @@ class SpeedSettings:
     """Run torch's Adam/AdamW as its fused CUDA kernel (one launch for every adapter tensor) unless the
     optimizer's init_args choose foreach or fused themselves."""
     chunked_loss: bool = True
-    """The training loss over chunks of rows, without the full ``[batch, length, vocab]`` float32 logits (the same loss
-    and gradients): decoder-only models (Llama, Mistral, Qwen) and seq2seq ones (T5, mT5, BART, mBART, KoBART); not
-    under FSDP. Qwen2.5-1.5B at micro-batch 16 on an H200: peak allocated 19.8 -> 4.2 GiB, reserved 50.3 -> 5.8 GiB,
-    7% fewer tokens/s; turn it off only where memory is plentiful. Seq2seq: not yet timed on a GPU."""
+    """Decoder-only models (Llama, Mistral, Qwen): the training loss over chunks of rows, without the full ``[batch,
+    length, vocab]`` float32 logits (the same loss and gradients); not under FSDP. Qwen2.5-1.5B at micro-batch 16 on
+    an H200: peak allocated 19.8 -> 4.2 GiB, reserved 50.3 -> 5.8 GiB, 7% fewer tokens/s; turn it off only where
+    memory is plentiful."""
+    chunked_seq2seq_loss: bool = False
+    """The same for seq2seq models (T5, mT5, BART, mBART, KoBART): the decoder's loss over chunks of rows (the same loss
+    and gradients up to float32 summation order). Opt-in until timed on a GPU and run under FSDP too: FSDP computes
+    the model's own loss, so with it on, DDP and FSDP runs no longer train bitwise alike."""
     fp32_modules_in_bf16: bool = True
     """Under bf16 precision, store the frozen layers transformers keeps in float32 (T5's ``wo``) in bf16: the same
     results (autocast runs them in bf16), half their memory, no per-call casts."""

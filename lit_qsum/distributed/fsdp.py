@@ -102,7 +102,9 @@ class QLoraFSDPStrategy(FSDPStrategy):
             **kwargs,
         )
         units = reshard_frozen_units_in_backward(model.model)
-        rank_zero_info(f"FSDP: {units} units, each resharded right after its own backward")
+        watched = reshard_root_after_its_own_backward(model.model)
+        rank_zero_info(f"FSDP: {units} units, each resharded right after its own backward"
+                       + (f"; the root after the backward of its {watched} own layers" if watched else ""))
         unfused = unfuse_own_units(model.model)
         if unfused:
             rank_zero_info(f"FSDP: {unfused} LoRA layer(s) whose base is an FSDP unit of its own run through peft, unfused")
@@ -170,6 +172,56 @@ def reshard_frozen_units_in_backward(model: nn.Module) -> int:
     for unit in units:
         unit.register_forward_pre_hook(_own_grad_inputs, with_kwargs=True)
     return len(units)
+
+
+def reshard_root_after_its_own_backward(root: FSDP) -> int:
+    """Let the root FSDP unit reshard once the backward of its own frozen layers is done, not at the end of the whole
+    backward; returns how many of its layers are watched (0: nothing to do).
+
+    FSDP1 keeps the root gathered from its forward to the end of the backward. T5's root holds the tied embedding /
+    LM head (262 MB in bf16 for t5-xl) and the two final norms, whose backward comes first (LM head, decoder norm)
+    or before the encoder blocks' (encoder norm), where a t5-xl step peaks; the embedding lookups need no backward
+    (frozen weights, token ids). So each training forward notes the inputs that require grad of the root's own
+    layers, and when the last of their gradients is computed the root reshards; FSDP's end-of-backward callback skips
+    a handle already resharded, and the next forward gathers it again. BART's root also owns the encoder's
+    ``layernorm_embedding``, whose backward comes last (its input requires grad for checkpointing), so there the root
+    still reshards at the end. A counter, not ``register_multi_grad_hook(mode="all")``, which would hold every
+    gradient until the last (CPU measurement: +43 MiB). Uses FSDP1's ``_runtime_utils._reshard``
+    (``tests/distributed/test_fsdp_reshard.py`` pins it). Measured on CPU processes for a t5-xl-shaped model: 0.12 GiB
+    less per rank at the step's peak (``benchmarks/results/2026-11-30-fsdp-memory-cpu.md``).
+    """
+    import torch.distributed.fsdp._runtime_utils as fsdp_runtime  # noqa: PLC0415 - private FSDP1 API, pinned by a test
+
+    handle = getattr(root, "_handle", None)
+    if handle is None or not handle.uses_sharded_strategy:  # NO_SHARD never reshards
+        return 0
+    nested = {id(m) for unit in root.modules() if isinstance(unit, FSDP) and unit is not root for m in unit.modules()}
+    own = [m for m in root.modules() if id(m) not in nested and not isinstance(m, FSDP)
+           and any(not p.requires_grad for p in m.parameters(recurse=False))]
+    pending: list[torch.Tensor] = []
+
+    def note_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if torch.is_grad_enabled():
+            pending.extend(t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.requires_grad)
+
+    def watch(module: nn.Module, args: Any, output: Any) -> None:
+        if not pending:
+            return
+        left = [len(pending)]
+
+        def arrived(_grad: torch.Tensor) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                fsdp_runtime._reshard(root, handle, True)
+
+        for tensor in pending:
+            tensor.register_hook(arrived)
+        pending.clear()
+
+    for module in own:
+        module.register_forward_pre_hook(note_inputs, with_kwargs=True)
+    root.register_forward_hook(watch)
+    return len(own)
 
 
 def _own_grad_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict]:

@@ -138,7 +138,7 @@ def test_a_fit_with_the_chunked_loss_lands_on_the_full_loss_fit(tmp_path, task: 
         L.seed_everything(5)
         module = SummarizationModule(model_config=config, tokenizer="lit_qsum:demo", backend="lora", init_seed=5,
                                      lora=LoraSettings(rank=4, alpha=8, dropout=0.05), accumulate_grad_batches=2,
-                                     speed=SpeedSettings(chunked_loss=chunked))
+                                     speed=SpeedSettings(chunked_loss=chunked, chunked_seq2seq_loss=chunked))
         data = SummarizationDataModule(task=task.split("-", maxsplit=1)[0], batch_size=4, max_train_samples=24,
                                        max_eval_samples=4)
         trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False,
