@@ -12,14 +12,19 @@ TINY = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidde
 
 
 def _model(kind: str):
-    from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     lm = (LlamaForCausalLM(LlamaConfig(**TINY)) if kind == "llama"
           else Qwen2ForCausalLM(Qwen2Config(**TINY, tie_word_embeddings=True)))
-    model = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]))
+    return _with_lora(lm, ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
+
+
+def _with_lora(lm, targets: list[str], **config):
+    """peft LoRA r4 on ``targets``, its B matrices random (zeros would leave the adapter's gradients trivial)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, **config))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -160,7 +165,6 @@ def test_a_fit_with_the_chunked_loss_lands_on_the_full_loss_fit(tmp_path, task: 
 
 # ---- seq2seq: T5 (the head's input scaled by the model) and BART (final_logits_bias) ------------------------------
 def _seq2seq(kind: str):
-    from peft import LoraConfig, get_peft_model
     from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
@@ -179,13 +183,7 @@ def _seq2seq(kind: str):
         with torch.no_grad():  # a bias that matters: zeros would hide a bias left out
             lm.final_logits_bias.normal_(0, 0.5)
         targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-    model = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
-                                          task_type="SEQ_2_SEQ_LM"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.1)
-    return model
+    return _with_lora(lm, targets, task_type="SEQ_2_SEQ_LM")
 
 
 def _seq2seq_batch() -> dict[str, torch.Tensor]:
