@@ -162,10 +162,12 @@ class SummarizationModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found
         if self.loaded.decision.backend in ("qlora", "lora"):
             # under FSDP too: T5's wo stored in bf16 joins its block's unit instead of being a float32 unit of its own
-            for line in apply_speedups(
-                self.model, self.speed, device=device, gradient_checkpointing=self.spec.gradient_checkpointing,
+            speed, lines = fsdp.speed_under(trainer.strategy, self.speed)
+            lines += apply_speedups(
+                self.model, speed, device=device, gradient_checkpointing=self.spec.gradient_checkpointing,
                 precision=str(trainer.precision),
-            ):
+            )
+            for line in lines:
                 rank_zero_info(line)
             fsdp.own_block_inputs(self.model)  # FSDP reshards each frozen block after its own backward; all strategies alike
         self._chunked_lm = self._setup_chunked_loss()

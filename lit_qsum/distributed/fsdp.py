@@ -30,6 +30,7 @@ also runs on the CPU with gloo, which the tests use.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ from typing_extensions import override
 from lit_qsum import compat
 from lit_qsum.errors import UserInputError
 from lit_qsum.fastpath.lora_linear import unfuse_lora_layers
+from lit_qsum.settings import SpeedSettings
 
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
@@ -172,6 +174,20 @@ def reshard_frozen_units_in_backward(model: nn.Module) -> int:
     for unit in units:
         unit.register_forward_pre_hook(_own_grad_inputs, with_kwargs=True)
     return len(units)
+
+
+def speed_under(strategy: Strategy, speed: SpeedSettings) -> tuple[SpeedSettings, list[str]]:
+    """The fast-path settings that apply under ``strategy``, and a log line per setting changed.
+
+    Under this FSDP the steps run eagerly (no CUDA graphs) and a rank's memory is what FSDP is for, so the fused LoRA
+    layers cast their adapter per call instead of keeping compute-dtype copies (``speed.adapter_copies``; the same
+    values, so the same training): 0.066 GiB per GPU for t5-xl in bf16, measured on CPU processes
+    (``benchmarks/results/2026-11-30-fsdp-memory-cpu.md``, prototype 4).
+    """
+    if not isinstance(strategy, QLoraFSDPStrategy) or not speed.adapter_copies:
+        return speed, []
+    return dataclasses.replace(speed, adapter_copies=False), [
+        "fast path: speed.adapter_copies off under FSDP (adapters cast per call; less memory per GPU)"]
 
 
 def reshard_root_after_its_own_backward(root: FSDP) -> int:

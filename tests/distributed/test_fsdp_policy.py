@@ -108,3 +108,18 @@ def test_under_bf16_the_qlora_t5_wo_is_laid_out_like_the_4bit_weights() -> None:
                    precision="bf16-mixed")
     wo, kinds = odd_ones()
     assert wo == storage and ("wo" in kinds) == ("wi_0" in kinds)
+
+
+def test_adapter_copies_are_off_under_fsdp_only() -> None:
+    """FSDP steps run eagerly and a rank's memory is the point: the fused layers cast adapters per call there."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lit_qsum.distributed.fsdp import QLoraFSDPStrategy, speed_under
+    from lit_qsum.settings import SpeedSettings
+
+    speed = SpeedSettings()
+    under_fsdp, lines = speed_under(QLoraFSDPStrategy(), speed)
+    assert speed.adapter_copies and not under_fsdp.adapter_copies and "adapter_copies off under FSDP" in lines[0]
+    assert under_fsdp.fused_lora == speed.fused_lora and under_fsdp.cuda_graphs == speed.cuda_graphs  # nothing else
+    assert speed_under(DDPStrategy(), speed) == (speed, [])
+    assert speed_under(QLoraFSDPStrategy(), SpeedSettings(adapter_copies=False))[1] == []
