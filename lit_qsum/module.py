@@ -244,8 +244,7 @@ class SummarizationModule(L.LightningModule):
 
     # ---- steps ----------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self._chunked_lm is not None and self.training and not self.sharded:
-            # FSDP gathers the head and embeddings in its root unit's forward, which calling the inner LM skips
+        if self._chunked_lm is not None and self.training:
             if self.loaded.task == "causal":
                 return causal_lm_loss(self._chunked_lm, batch)
             return seq2seq_lm_loss(self._chunked_lm, batch)
@@ -253,17 +252,23 @@ class SummarizationModule(L.LightningModule):
         return out.loss
 
     def _setup_chunked_loss(self) -> torch.nn.Module | None:
-        """The LM whose training loss ``speed.chunked_loss`` computes in chunks (None: the model's own loss)."""
+        """The LM whose training loss ``speed.chunked_loss`` (causal) or ``speed.chunked_seq2seq_loss`` computes in
+        chunks (None: the model's own loss)."""
         causal = self.loaded.task == "causal"
-        if not (self.speed.chunked_loss if causal else self.speed.chunked_seq2seq_loss):
+        flag = "chunked_loss" if causal else "chunked_seq2seq_loss"
+        if not getattr(self.speed, flag):
             return None
         if self.loaded.decision.backend not in ("qlora", "lora"):
             backend = self.loaded.decision.backend
-            rank_zero_info(f"fast path: speed.chunked_loss skipped: the {backend} backend has its own loss")
+            rank_zero_info(f"fast path: speed.{flag} skipped: the {backend} backend has its own loss")
+            return None
+        if isinstance(self.trainer.strategy, fsdp.QLoraFSDPStrategy):
+            # the chunked loss calls the LM inside the FSDP root, whose own forward is what gathers the head
+            rank_zero_info(f"fast path: speed.{flag} skipped under FSDP: the model computes its own loss")
             return None
         lm = plain_head_causal_lm(self.model) if causal else plain_head_seq2seq_lm(self.model)
         if lm is None:
-            rank_zero_info(f"fast path: speed.chunked_loss skipped: {self.loaded.model_type} has a head it can't chunk "
+            rank_zero_info(f"fast path: speed.{flag} skipped: {self.loaded.model_type} has a head it can't chunk "
                            "(soft-capping, a trained or biased LM head, or an architecture it doesn't know)")
         else:
             kind = "causal-LM" if causal else "seq2seq"

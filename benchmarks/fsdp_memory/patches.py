@@ -5,9 +5,10 @@ FM_EFFICIENT_ATTENTION=1: on the CPU, SDPA with T5's float bias runs the math pa
     only q, k, v, the bias, the output and a log-sum-exp. This swaps ``F.scaled_dot_product_attention`` for an
     autograd function that saves exactly those and recomputes the probabilities in backward (head chunks of 4, so its
     own transient stays small), with the same dropout mask in forward and backward. Memory-shape emulation only.
-FM_RESHARD_ROOT=1: prototype 1, the root FSDP unit (T5: the tied embedding / LM head, final norms) reshards as soon as
-    the LM head's backward is done, instead of at the end of the whole backward (see PROTOTYPES in the write-up).
-FM_NO_ADAPTER_COPIES=1: prototype 2, the fused LoRA layers cast the adapter per call instead of keeping bf16 copies.
+FM_RESHARD_ROOT=1, FM_NO_ADAPTER_COPIES=1: prototypes 1 and 4 of the write-up (the root FSDP unit resharded once its
+    own layers' backward is done; no bf16 adapter copies under FSDP). Both have since landed in lit_qsum and are
+    always on under QLoraFSDPStrategy (``fsdp.reshard_root_after_its_own_backward``, ``fsdp.speed_under``), so these
+    variables now only say so; the write-up's records with them were made before.
 FM_ZERO1=1: prototype 3, AdamW state for half of the adapter tensors per rank (ZeRO-1 for the adapter; rank r updates
     its half, then broadcasts). Memory accounting only: see the write-up for what a real implementation needs.
 """
@@ -98,57 +99,6 @@ if os.environ.get("FM_EFFICIENT_ATTENTION") == "1":
 
 
 # ---- prototypes of the proposed changes (each behind its variable) ----------------------------------------------------
-def _root_early_reshard(root) -> int:  # noqa: ANN001
-    """Prototype 1 (FM_RESHARD_ROOT): reshard the root unit once the backward of every root-owned module is done.
-    (Kept as measured; it has since landed as ``lit_qsum.distributed.fsdp.reshard_root_after_its_own_backward``, which
-    the strategy applies by default: leave this variable unset with today's lit_qsum, or the root reshards twice.)
-
-    FSDP1 never reshards the root after forward, and a root whose parameters are all frozen reshards only in the
-    end-of-backward callback (its forward inputs, token ids, need no gradient), so T5's tied embedding / LM head stays
-    gathered through the whole backward. Here: each forward records the inputs that require grad of the modules whose
-    frozen parameters are the root's own (T5: lm_head and the two final norms; the embeddings get token ids), and a
-    multi-grad hook on them reshards the root as soon as all their gradients are computed: after the encoder's final
-    norm, before the encoder blocks' backward (the step's peak). FSDP's final callback skips a resharded handle
-    (``_catch_all_reshard``). Returns how many root-owned modules are watched.
-    """
-    import torch.distributed.fsdp._runtime_utils as rt  # noqa: PLC0415
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: PLC0415
-
-    handle = root._handle
-    if handle is None:
-        return 0
-    nested = {id(m) for unit in root.modules() if isinstance(unit, FSDP) and unit is not root for m in unit.modules()}
-    owned = [m for m in root.modules() if id(m) not in nested and not isinstance(m, FSDP)
-             and any(not p.requires_grad for p in m.parameters(recurse=False))]
-    pending: list[torch.Tensor] = []
-
-    def pre(module, args, kwargs):  # noqa: ANN001, ANN202
-        if torch.is_grad_enabled():
-            pending.extend(t for t in list(args) + list(kwargs.values())
-                           if isinstance(t, torch.Tensor) and t.requires_grad)
-
-    def post_root(module, args, output):  # noqa: ANN001, ANN202
-        # one tensor hook per watched input, counting down; no hook keeps a gradient or a tensor alive
-        # (torch.autograd.graph.register_multi_grad_hook(mode="all") holds every gradient until the last one arrives)
-        if not pending:
-            return
-        left = [len(pending)]
-
-        def arrived(_grad):  # noqa: ANN001, ANN202
-            left[0] -= 1
-            if left[0] == 0:
-                rt._reshard(root, handle, True)
-
-        for t in pending:
-            t.register_hook(arrived)
-        pending.clear()
-
-    for m in owned:
-        m.register_forward_pre_hook(pre, with_kwargs=True)
-    root.register_forward_hook(post_root)
-    return len(owned)
-
-
 def _zero1(optimizer) -> None:  # noqa: ANN001
     """Prototype 3 (FM_ZERO1): AdamW state for about half of the adapter's elements per rank (2 ranks).
 
@@ -200,20 +150,9 @@ def _install_prototypes() -> None:
         return
     from lit_qsum.distributed import fsdp  # noqa: PLC0415
 
-    original = fsdp.reshard_frozen_units_in_backward
-
-    def reshard_frozen_units_in_backward(model):  # noqa: ANN001, ANN202
-        units = original(model)
-        if flags["FM_RESHARD_ROOT"]:
-            print(f"prototype: root unit reshards after the backward of its {_root_early_reshard(model)} own modules")
-        if flags["FM_NO_ADAPTER_COPIES"]:
-            plans = [m.__dict__["_lit_qsum_plan"] for m in model.modules() if "_lit_qsum_plan" in m.__dict__]
-            for plan in plans:
-                plan.keep_copies, plan.copies = False, None
-            print(f"prototype: {len(plans)} fused LoRA layers cast the adapter per call (no kept bf16 copies)")
-        return units
-
-    fsdp.reshard_frozen_units_in_backward = reshard_frozen_units_in_backward
+    for landed in ("FM_RESHARD_ROOT", "FM_NO_ADAPTER_COPIES"):
+        if flags[landed]:
+            print(f"prototype: {landed} has landed in lit_qsum and is on under FSDP anyway; nothing to patch")
     if flags["FM_NO_BACKWARD_PREFETCH"]:
         import functools  # noqa: PLC0415
 

@@ -190,5 +190,5 @@ def seq2seq_lm_loss(lm: torch.nn.Module, batch: dict[str, torch.Tensor], *,
         lm.lm_head = head
     if stand_in.seen is None:
         raise RuntimeError(f"{type(lm).__name__}'s forward did not call its lm_head: the chunked loss can't be used "
-                           "with this transformers version (--model.speed.chunked_loss false)")
+                           "with this transformers version (--model.speed.chunked_seq2seq_loss false)")
     return linear_cross_entropy(stand_in.seen, head.weight, labels, chunk_rows=chunk_rows)
