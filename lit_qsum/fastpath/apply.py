@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lit_qsum import compat
+from lit_qsum.fastpath.activations import bf16_outputs, bf16_t5_norms, swap_tanh_gelu
 from lit_qsum.fastpath.attention import constant_zero_bias, contiguous_position_bias
 from lit_qsum.fastpath.lora_linear import fuse_lora_layers, is_fused, make_traceable
 from lit_qsum.fastpath.norms import fuse_rms_norms
@@ -44,6 +45,14 @@ def apply_speedups(
     if speed.fused_rms_norm and (norms := fuse_rms_norms(model, one_pass=speed.one_pass_rms_norm)):
         how = "one fused kernel with the weight and casts" if speed.one_pass_rms_norm else "one fused F.rms_norm"
         report.append(f"fast path: {norms} RMS norms run as {how} each")
+    if speed.fused_gelu and (gelus := swap_tanh_gelu(model)):
+        report.append(f"fast path: {gelus} tanh GELUs (gelu_new) run as one kernel each")
+    if speed.bf16_activations and precision in BF16_PRECISIONS:
+        outputs = bf16_outputs(model) if speed.fused_lora else 0
+        norms_bf16 = bf16_t5_norms(model)
+        if outputs or norms_bf16:
+            report.append(f"fast path: bf16 activations: {outputs} LoRA layers (q/k/v, FFN input) hand on their bf16 "
+                          f"result, {norms_bf16} T5 block norms output bf16")
     if speed.contiguous_attention_bias and (biased := contiguous_position_bias(model)):
         report.append(f"fast path: {biased} T5 position biases laid out contiguously (fused SDPA attention)")
     if speed.contiguous_attention_bias and gradient_checkpointing and (zeros := constant_zero_bias(model)):

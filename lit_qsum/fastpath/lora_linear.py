@@ -123,7 +123,7 @@ class _Plan:
     """What a fused layer reads on each call, found once when the layer is patched."""
 
     __slots__ = ("adapter", "lora_a", "lora_b", "dropout", "base", "four_bit", "keep_weight", "dequantize",
-                 "keep_copies", "copies", "versions")
+                 "keep_copies", "copies", "versions", "compute_dtype_out")
 
     def __init__(
         self, layer: torch.nn.Module, adapter: str, keep_weight: bool, dequantize: Dequantize, keep_copies: bool = True
@@ -139,6 +139,7 @@ class _Plan:
         self.keep_copies = keep_copies
         self.copies: tuple[torch.Tensor, torch.Tensor] | None = None  # (lora_a, lora_b) in the compute dtype
         self.versions: tuple[int, int] | None = None  # the weights' version counters when the copies were made
+        self.compute_dtype_out = False  # return the compute dtype under autocast (fastpath.activations.bf16_outputs)
 
 
 class CopyStats:
@@ -222,7 +223,7 @@ def _dtypes(plan: _Plan, x: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
     autocast = torch.is_autocast_enabled(device_type)
     if plan.four_bit:  # bitsandbytes computes in compute_dtype (else the input's) and returns the promoted dtype
         dtype = torch.get_autocast_dtype(device_type) if autocast else (plan.base.compute_dtype or x.dtype)
-        return dtype, torch.promote_types(x.dtype, dtype)
+        return dtype, dtype if autocast and plan.compute_dtype_out else torch.promote_types(x.dtype, dtype)
     dtype = torch.get_autocast_dtype(device_type) if autocast else plan.base.weight.dtype
     return dtype, dtype
 

@@ -327,7 +327,7 @@ def _gpu_model(checkpointing: bool, compiled: bool = False):
                      gradient_checkpointing=checkpointing, init_seed=1)
     model = load_model(spec, device=torch.device("cuda", 0)).model.train()
     apply_speedups(model, SpeedSettings(compile=compiled), device=torch.device("cuda", 0),
-                   gradient_checkpointing=checkpointing)
+                   gradient_checkpointing=checkpointing, precision="bf16-mixed")  # what GPU configs train in
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
