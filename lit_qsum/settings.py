@@ -105,12 +105,13 @@ class SpeedSettings:
     cudnn_attention: bool = False
     """Allow cuDNN scaled-dot-product attention everywhere; it re-plans for every new batch shape (~9 ms of host time
     per attention call on an H200), which generation's growing lengths hit at every token."""
-    cudnn_attention_in_graphs: bool = False
+    cudnn_attention_in_graphs: bool = True
     """With ``cuda_graphs``: cuDNN attention in the training steps only (the captures and the few eager micro-batches
     beside them). A capture plans once per batch shape and replays never re-plan, so the faster kernel costs nothing
     per step there (t5-large with cuDNN attention allowed in training: 26.6 against 29.0 GPU µs per token on an
     H200); generation keeps flash / memory-efficient attention. A capture that fails with it is retried without it.
-    Off until this exact arrangement has been timed on a GPU (issue #16)."""
+    H200, t5-large (2026-11-30, session 10): steady tokens/s +6% at micro-batch 16, +8% at 64; each capture costs
+    ~0.15 s more (cuDNN plans the shape once)."""
     compile: bool = False
     """torch.compile each transformer block for training (fused kernels, far less host time per layer);
     costs a one-off compile of minutes (a t5-large run had not finished it after 169 s on an H200), so it pays on long
@@ -127,10 +128,12 @@ class SpeedSettings:
     length, vocab]`` float32 logits (the same loss and gradients); not under FSDP. Qwen2.5-1.5B at micro-batch 16 on
     an H200: peak allocated 19.8 -> 4.2 GiB, reserved 50.3 -> 5.8 GiB, 7% fewer tokens/s; turn it off only where
     memory is plentiful."""
-    chunked_seq2seq_loss: bool = False
+    chunked_seq2seq_loss: bool = True
     """The same for seq2seq models (T5, mT5, BART, mBART, KoBART): the decoder's loss over chunks of rows (the same loss
-    and gradients up to float32 summation order). Opt-in until timed on a GPU and run under FSDP too: FSDP computes
-    the model's own loss, so with it on, DDP and FSDP runs no longer train bitwise alike."""
+    and gradients up to float32 summation order). bart-large at micro-batch 64 on an H200: peak allocated 10.72 -> 4.92
+    GiB (the recipe's: 9.91), 7% fewer tokens/s. Not under FSDP (FSDP gathers the head only inside the model's own
+    forward, so it computes the model's own loss): a DDP run and an FSDP run then agree to float32 summation order,
+    not bitwise."""
     fp32_modules_in_bf16: bool = True
     """Under bf16 precision, store the frozen layers transformers keeps in float32 (T5's ``wo``) in bf16: the same
     results (autocast runs them in bf16), half their memory, no per-call casts."""
@@ -141,6 +144,16 @@ class SpeedSettings:
     """With ``fused_rms_norm``, under bf16: the casts and the weight's multiply folded into that kernel too (one kernel
     each way instead of four; float32 math, one rounding instead of two, so within one bf16 rounding of transformers').
     H200, micro-batch 16: GPU time per token -5% for t5-large (31.6 -> 30.0 us) and Qwen2.5-1.5B (39.4 -> 37.5 us)."""
+    fused_gelu: bool = True
+    """T5's ``gelu_new`` (T5 v1.1, flan-T5, mT5) as ``nn.GELU(approximate="tanh")``: the same formula as one kernel
+    each way instead of eight, in float32 math (results agree to float32 rounding)."""
+    bf16_activations: bool = True
+    """Under bf16 precision, T5 and BART: the LoRA layers whose output only feeds bf16 work (q/k/v, the FFN's input
+    projections) hand on their GEMM's bf16 result instead of casting it up to float32 (bitsandbytes returns its input's
+    dtype, float32 after these models' float32 norms), and T5's in-block norms return bf16 (each next linear casts to
+    bf16 anyway). Attention and BART's FFN compute as before; T5's gated FFN rounds its activation and gate product to
+    bf16 (two roundings more), and q/k/v's input gradients are summed in bf16. The FFN's elementwise work then moves
+    half the bytes in a few kernels (see ``lit_qsum.fastpath.activations``)."""
     contiguous_attention_bias: bool = True
     """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel, and (under
     checkpointing) build the zero bias of layers without one as a constant, not a tensor that requires grad."""
