@@ -1,6 +1,6 @@
 """FSDP for (Q)LoRA with Lightning: shard the frozen (4-bit) base across GPUs, keep the small adapter whole on each.
 
-``QLoraFSDPStrategy`` is Lightning's ``FSDPStrategy`` with three changes, each for a reason:
+``QLoraFSDPStrategy`` is Lightning's ``FSDPStrategy`` with four changes, each for a reason:
 
 - It shards the module's Hugging Face model (``pl_module.model``), not the LightningModule. Lightning runs
   ``training_step`` inside the root unit's forward, and a backward inside that forward (manual optimization, which
@@ -11,6 +11,9 @@
   per optimizer step (``lit_qsum.distributed.grad_sync``), so adapter weights, optimizer state and checkpoints are
   exactly those of one device or DDP: a checkpoint resumes under any strategy and any number of GPUs. (FSDP's own
   optimizer-state gathering also returned wrong ``exp_avg`` values for LoRA parameters on torch 2.13 / gloo.)
+- The adapter's optimizer state is sharded (``shard_optimizer_state``, ZeRO-1, ``lit_qsum.distributed.zero``): each
+  GPU keeps AdamW's moments for its share of the adapter and broadcasts its updated tensors after the step. The weights
+  stay those of DDP bit for bit, and checkpoints gather the state into one device's layout, so the above holds.
 - The auto-wrap policy needs the model (``qlora_auto_wrap_policy``): one unit per transformer block, named by the
   model's ``_no_split_modules`` (T5Block, BartEncoderLayer/BartDecoderLayer, LlamaDecoderLayer, ...), and a unit of
   its own for each leaf whose frozen weights have another dtype than the rest (T5 keeps ``wo`` in float32 beside
@@ -46,6 +49,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lit_qsum import compat
+from lit_qsum.distributed.zero import ShardedOptimizerState, sharding_of
 from lit_qsum.errors import UserInputError
 from lit_qsum.fastpath.lora_linear import unfuse_lora_layers
 from lit_qsum.settings import SpeedSettings
@@ -56,10 +60,13 @@ _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 class QLoraFSDPStrategy(FSDPStrategy):
     """Lightning's FSDP sharding the frozen base of ``pl_module.model``; the adapter stays whole (module docstring)."""
 
-    def __init__(self, block_classes: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, block_classes: list[str] | None = None, shard_optimizer_state: bool = True, **kwargs: Any) -> None:
         """
         Args:
             block_classes: Module class names that each become one FSDP unit; None = the model's ``_no_split_modules``.
+            shard_optimizer_state: Each GPU keeps the optimizer state (AdamW's moments) of its share of the adapter
+                only and broadcasts its updated tensors after each step (ZeRO-1, ``lit_qsum.distributed.zero``); the
+                same training, checkpoints gathered into one device's layout. False: every GPU holds all of it.
             kwargs: Lightning's ``FSDPStrategy`` arguments (``sharding_strategy``, ``cpu_offload``, ``auto_wrap_policy``
                 to replace ours, ...). ``state_dict_type`` must stay ``full``: checkpoints hold the adapter only.
         """
@@ -72,6 +79,7 @@ class QLoraFSDPStrategy(FSDPStrategy):
             raise UserInputError("--trainer.strategy.init_args.block_classes must name at least one class, or be null")
         super().__init__(**kwargs)
         self.block_classes = block_classes
+        self.shard_optimizer_state = shard_optimizer_state
 
     @override
     def _setup_model(self, model: nn.Module) -> nn.Module:
@@ -123,7 +131,20 @@ class QLoraFSDPStrategy(FSDPStrategy):
         return True
 
     @override
+    def setup_optimizers(self, trainer: Any) -> None:
+        super().setup_optimizers(trainer)
+        if not self.shard_optimizer_state or self.world_size < 2:
+            return
+        for optimizer in self.optimizers:
+            share = ShardedOptimizerState(optimizer, self.global_rank, self.world_size, self.root_device).owned_share()
+            rank_zero_info(f"FSDP: optimizer state sharded over {self.world_size} GPUs (ZeRO-1 for the adapter): "
+                           f"rank 0 keeps {share:.0%} of it")
+
+    @override
     def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        zero = sharding_of(optimizer)
+        if zero is not None:  # every rank takes part; rank 0 gets one device's layout, the others {}
+            return zero.full_state_dict()
         return Strategy.optimizer_state(self, optimizer)
 
     @override
@@ -137,6 +158,10 @@ class QLoraFSDPStrategy(FSDPStrategy):
     @override
     def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
         Strategy.load_optimizer_state_dict(self, checkpoint)
+        for optimizer in self.optimizers:  # a checkpoint holds one device's whole state: keep this rank's share
+            zero = sharding_of(optimizer)
+            if zero is not None:
+                zero.drop_foreign_state()
 
 
 def no_split_modules(model: nn.Module) -> set[str]:

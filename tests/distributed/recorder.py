@@ -61,6 +61,9 @@ class Recorder(Callback):
             "batch_size": datamodule.batch_size,
             "recoveries": getattr(scaler, "recoveries", None),
             "start_optimizer": self.start_optimizer,
+            # what this rank's optimizer holds at the end (under FSDP's ZeRO-1: its share of the adapter's state)
+            "optimizer_state_numel": sum(v.numel() for s in (trainer.optimizers[0].state.values() if trainer.optimizers
+                                                              else ()) for v in s.values() if isinstance(v, torch.Tensor)),
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         }
         (self.out_dir / f"{stage}-rank{rank}.json").write_text(json.dumps(report))

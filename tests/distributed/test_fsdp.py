@@ -40,6 +40,10 @@ def test_fsdp_trains_evaluates_and_checkpoints_exactly_like_ddp(runs: dict[str, 
         assert report["metrics"]["val/num_examples"] == ddp.N_EVAL
         for key in ("val/loss", "val/rouge1", "val/rougeL"):
             assert report["metrics"][key] == ddp_reports[0]["metrics"][key], key
+    # ZeRO-1: each FSDP rank holds the optimizer state of its share of the adapter; together, one device's
+    whole = ddp_reports[0]["optimizer_state_numel"]
+    shares = [report["optimizer_state_numel"] for report in fsdp_reports]
+    assert whole > 0 and sum(shares) == whole and max(shares) < 0.6 * whole, (whole, shares)
     reference = ddp.weights(runs["ddp"], 0)["end"]
     for rank in range(ddp.WORLD):
         end = ddp.weights(runs["fsdp"], rank)["end"]
@@ -64,13 +68,19 @@ def test_a_ddp_checkpoint_resumes_under_fsdp_and_an_fsdp_one_on_one_process(
     straight = ddp.weights(runs["fsdp"], 0)["end"]
     resumed = ddp.weights(tmp_path / "fsdp-from-ddp", 1)["end"]
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)  # landed on the uninterrupted run's adapter
+    tensors = len(straight)  # one optimizer state per adapter tensor
+    # the DDP checkpoint's whole state, loaded under FSDP: each rank kept its share (ZeRO-1), together all of it
+    counts = [len(r["start_optimizer"]["steps"]) for r in ddp.records(tmp_path / "fsdp-from-ddp")]
+    assert sum(counts) == tensors and max(counts) < tensors, (counts, tensors)
 
     one = tmp_path / "one-from-fsdp"
     one.mkdir()
     monkeypatch.chdir(one)
     main(["fit", *ddp.CONFIG, *ddp.ONE_PROCESS, "--ckpt_path", str(runs["fsdp"] / CKPT)])
     report = json.loads((one / "record" / "fit-rank0.json").read_text())
+    # the FSDP checkpoint, gathered from both ranks' shares, holds every tensor's state
     assert report["first_step"] == 2 and set(report["start_optimizer"]["steps"]) == {2.0}
+    assert len(report["start_optimizer"]["steps"]) == tensors
 
 
 @pytest.mark.slow
