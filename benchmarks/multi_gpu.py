@@ -122,16 +122,21 @@ class Run:
     min_s: int = 90  # below this it is not worth starting
     record: dict[str, Any] = field(default_factory=dict)
     snapshot_step: int | None = None  # record this step's memory history (MemorySnapshot)
+    variant: str = "default"  # an FSDP run with extra flags (--fsdp-variant)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder for <date>-multi-gpu.{json,md}")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <date>-<what>.{json,md}")
+    parser.add_argument("--what", default="multi-gpu", help="results file name after the date")
     parser.add_argument("--smoke", action="store_true", help="CPU: tiny shapes, 2 gloo processes, a few steps")
     parser.add_argument("--micro-batch", type=int, default=16, help="t5-large micro-batch per GPU (DDP runs)")
     parser.add_argument("--fsdp-micro-batch", type=int, default=8, help="t5-xl micro-batch per GPU (FSDP run)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ddp1", "ddp2", "fsdp2", "single-xl"],
                         help="runs to leave out")
+    parser.add_argument("--fsdp-variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="one more FSDP run after fsdp2, named fsdp2-NAME, with these lit-qsum flags added, e.g. "
+                             "no-zero='--trainer.strategy.init_args.shard_optimizer_state false' (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, data, checkpoints)")
     parser.add_argument("--snapshot-step", type=int, default=None,
                         help="record this optimizer step of the t5-xl runs (FSDP and one GPU) with torch's CUDA memory "
@@ -140,6 +145,10 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=450, help="stop starting runs after this (the runs' "
                         "timeouts shrink so everything ends by then; the GPU machine allows 10 minutes a command)")
     args = parser.parse_args()
+    try:
+        args.fsdp_variants = parse_fsdp_variants(args.fsdp_variant)
+    except ValueError as err:
+        parser.error(str(err))
     started = time.time()
     date = datetime.date.today().isoformat()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -268,9 +277,26 @@ def plan(args: argparse.Namespace, shapes: dict[str, dict], data: Path, work: Pa
          "--model.accumulate_grad_batches", "1", "--data.batch_size", str(fsdp_micro)],
         warmup=fsdp_warmup, timeout_s=300 if smoke else 150, min_s=60 if smoke else 90,
     ))
+    fsdp = runs[-2]
+    for name, flags in args.fsdp_variants.items():
+        runs.insert(runs.index(fsdp) + 1 + list(args.fsdp_variants).index(name), Run(
+            f"fsdp2-{name}", fsdp.shape, "fsdp", 2, fsdp.micro_batch, fsdp.config, [*fsdp.args, *flags],
+            warmup=fsdp.warmup, timeout_s=fsdp.timeout_s, min_s=fsdp.min_s, variant=name,
+        ))
     for run in runs:
         run.args += ["--trainer.default_root_dir", str(work / run.name)]
     return runs
+
+
+def parse_fsdp_variants(specs: list[str]) -> dict[str, list[str]]:
+    """``NAME=FLAGS`` strings as {name: flags}; a bad one raises ValueError naming it."""
+    variants: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name or not name.replace("-", "").isalnum() or name in variants:
+            raise ValueError(f"--fsdp-variant {spec!r}: expected a new NAME (letters, digits, -) then =FLAGS")
+        variants[name] = shlex.split(flags)
+    return variants
 
 
 def callbacks_yaml(run: Run, work: Path) -> Path:
@@ -341,7 +367,7 @@ def versions() -> dict[str, str]:
 
 
 def finish_record(run: Run, args: argparse.Namespace, date: str) -> dict[str, Any]:
-    record = {"shape": run.shape, "tool": "lit-qsum", "gpus": run.gpus, "strategy": run.strategy, "variant": "default",
+    record = {"shape": run.shape, "tool": "lit-qsum", "gpus": run.gpus, "strategy": run.strategy, "variant": run.variant,
               "speed_settings": "the configs' defaults: fused LoRA, CUDA-graph steps, fused AdamW, no compile",
               "micro_batch": run.micro_batch, "warmup_steps": run.warmup, "encoder_tokens": ENCODER_TOKENS,
               "decoder_tokens": DECODER_TOKENS,
@@ -354,23 +380,25 @@ def finish_record(run: Run, args: argparse.Namespace, date: str) -> dict[str, An
 
 
 def write_results(out: Path, date: str, records: list[dict], args: argparse.Namespace, wall: float) -> None:
-    (out / f"{date}-multi-gpu.json").write_text(json.dumps(records, indent=1))
-    by = {(r["strategy"], r["gpus"]): r for r in records if "tokens_per_s" in r}
+    (out / f"{date}-{args.what}.json").write_text(json.dumps(records, indent=1))
+    by = {(r["strategy"], r["gpus"]): r for r in records if "tokens_per_s" in r and r["variant"] == "default"}
     ratio = (by[("ddp", 2)]["tokens_per_s"] / by[("ddp", 1)]["tokens_per_s"]
              if ("ddp", 1) in by and ("ddp", 2) in by else None)
-    rows = ["| shape | strategy | GPUs | micro-batch / GPU | tokens/s (all GPUs) | step s | peak allocated GiB per GPU "
-            "| allocated at train start GiB per GPU |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| shape | strategy | variant | GPUs | micro-batch / GPU | tokens/s (all GPUs) | step s "
+            "| peak allocated GiB per GPU | allocated at train start GiB per GPU |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "tokens_per_s" in r:
             start = ", ".join(f"{p:.2f}" for p in r.get("allocated_at_train_start_gib_per_gpu", []))
-            rows.append(f"| {r['shape']} | {r['strategy']} | {r['gpus']} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} "
+            rows.append(f"| {r['shape']} | {r['strategy']} | {r['variant']} | {r['gpus']} | {r['micro_batch']} "
+                        f"| {r['tokens_per_s']:,.0f} "
                         f"| {r['step_time_s']:.3f} | {', '.join(f'{p:.2f}' for p in r['peak_allocated_gib_per_gpu'])} "
                         f"| {start} |")
         else:
-            rows.append(f"| {r['shape']} | {r['strategy']} | {r['gpus']} | {r['micro_batch']} | failed | | | |")
+            rows.append(f"| {r['shape']} | {r['strategy']} | {r['variant']} | {r['gpus']} | {r['micro_batch']} | failed "
+                        "| | | |")
     gpu = next((r["gpu"] for r in records if "gpu" in r), "unknown")
-    fsdp = next((r for r in records if r["strategy"] == "fsdp"), None)
+    fsdp = next((r for r in records if r["strategy"] == "fsdp" and r["variant"] == "default"), None)
     lines = [
         "# Several GPUs: DDP scaling and FSDP QLoRA memory" + (" (CPU smoke run)" if args.smoke else ""),
         "",
@@ -400,11 +428,15 @@ def write_results(out: Path, date: str, records: list[dict], args: argparse.Name
     if fsdp and single and "peak_allocated_gib" in fsdp and single["peak_allocated_gib"] > 0:  # 0 on the CPU
         lines.append(f"FSDP per-GPU peak / one-GPU QLoRA peak (t5-xl, same micro-batch): "
                      f"**{fsdp['peak_allocated_gib'] / single['peak_allocated_gib']:.0%}** (target <= 60%)")
+        for r in records:
+            if r["strategy"] == "fsdp" and r["variant"] != "default" and "peak_allocated_gib" in r:
+                lines.append(f"FSDP variant {r['variant']} ({shlex.join(args.fsdp_variants[r['variant']])}): "
+                             f"{r['peak_allocated_gib'] / single['peak_allocated_gib']:.0%} of the one-GPU peak")
     for r in records:
         if "error" in r:
-            lines += ["", f"{r['strategy']} on {r['gpus']} GPU(s) failed:", "```", r["error"][-1500:], "```"]
+            lines += ["", f"{r['strategy']} ({r['variant']}) on {r['gpus']} GPU(s) failed:", "```", r["error"][-1500:], "```"]
     text = "\n".join(lines) + "\n"
-    (out / f"{date}-multi-gpu.md").write_text(text)
+    (out / f"{date}-{args.what}.md").write_text(text)
     print("\n" + text, flush=True)
 
 

@@ -18,12 +18,16 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "multi_gpu.py"), "--smoke", "--out", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    variant = "no-zero=--trainer.strategy.init_args.shard_optimizer_state false"  # a next GPU call's split
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "multi_gpu.py"), "--smoke", "--out", str(tmp_path),
+                           "--fsdp-variant", variant], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [results] = tmp_path.glob("*-multi-gpu.json")
     records = json.loads(results.read_text())
-    assert [(r["strategy"], r["gpus"]) for r in records] == [("ddp", 1), ("ddp", 2), ("fsdp", 2), ("single", 1)]
+    assert [(r["strategy"], r["gpus"], r["variant"]) for r in records] == [
+        ("ddp", 1, "default"), ("ddp", 2, "default"), ("fsdp", 2, "default"), ("fsdp", 2, "no-zero"), ("single", 1, "default")]
+    flag = records[3]["command"].index("--trainer.strategy.init_args.shard_optimizer_state")
+    assert records[3]["command"][flag + 1] == "false"
     for r in records:
         assert r["tool"] == "lit-qsum" and r["tokens_per_s"] > 0 and r["step_time_s"] > 0
         assert len(r["peak_allocated_gib_per_gpu"]) == r["gpus"] and "peak_allocated_gib" in r
@@ -32,5 +36,6 @@ def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None
         assert r["measured_steps"] == 3
     assert records[2]["checkpoint"]["ok"], records[2]["checkpoint"]
     table = (tmp_path / results.name.replace(".json", ".md")).read_text()
-    assert "| t5-tiny | fsdp | 2 |" in table and "2 GPUs / 1 GPU" in table
+    assert "| t5-tiny | fsdp | default | 2 |" in table and "| t5-tiny | fsdp | no-zero | 2 |" in table
+    assert "2 GPUs / 1 GPU" in table
     assert records[0]["command"][2:6] == ["lit_qsum", "fit", "--config", str(REPO / "configs" / "multi-gpu.yaml")]
