@@ -37,12 +37,13 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torch.distributed.fsdp import BackwardPrefetch
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.optim import Optimizer
 from torchmetrics import Metric
@@ -60,13 +61,22 @@ _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 class QLoraFSDPStrategy(FSDPStrategy):
     """Lightning's FSDP sharding the frozen base of ``pl_module.model``; the adapter stays whole (module docstring)."""
 
-    def __init__(self, block_classes: list[str] | None = None, shard_optimizer_state: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        block_classes: list[str] | None = None,
+        shard_optimizer_state: bool = True,
+        backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST"] | None = "BACKWARD_PRE",
+        **kwargs: Any,
+    ) -> None:
         """
         Args:
             block_classes: Module class names that each become one FSDP unit; None = the model's ``_no_split_modules``.
             shard_optimizer_state: Each GPU keeps the optimizer state (AdamW's moments) of its share of the adapter
                 only and broadcasts its updated tensors after each step (ZeRO-1, ``lit_qsum.distributed.zero``); the
                 same training, checkpoints gathered into one device's layout. False: every GPU holds all of it.
+            backward_prefetch: FSDP's backward prefetch (its default, ``BACKWARD_PRE``, gathers the next unit while
+                the current one's backward runs: overlap for one more gathered unit per GPU); null: none, the least
+                memory (t5-xl: ~0.04 GiB per GPU on the CPU model), with gathers no longer overlapped.
             kwargs: Lightning's ``FSDPStrategy`` arguments (``sharding_strategy``, ``cpu_offload``, ``auto_wrap_policy``
                 to replace ours, ...). ``state_dict_type`` must stay ``full``: checkpoints hold the adapter only.
         """
@@ -77,6 +87,7 @@ class QLoraFSDPStrategy(FSDPStrategy):
             )
         if block_classes is not None and not block_classes:
             raise UserInputError("--trainer.strategy.init_args.block_classes must name at least one class, or be null")
+        kwargs["backward_prefetch"] = None if backward_prefetch is None else BackwardPrefetch[backward_prefetch]
         super().__init__(**kwargs)
         self.block_classes = block_classes
         self.shard_optimizer_state = shard_optimizer_state

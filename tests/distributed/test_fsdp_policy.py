@@ -77,6 +77,14 @@ def test_4bit_storage_checks_name_the_flag_to_change() -> None:
         check_fsdp_dtypes(model, torch.distributed.fsdp.MixedPrecision(param_dtype=torch.float32))
 
 
+def test_backward_prefetch_is_a_flag_fsdp_receives() -> None:
+    from torch.distributed.fsdp import BackwardPrefetch
+
+    assert QLoraFSDPStrategy().kwargs["backward_prefetch"] is BackwardPrefetch.BACKWARD_PRE  # FSDP's own default
+    assert QLoraFSDPStrategy(backward_prefetch=None).kwargs["backward_prefetch"] is None
+    assert QLoraFSDPStrategy(backward_prefetch="BACKWARD_POST").kwargs["backward_prefetch"] is BackwardPrefetch.BACKWARD_POST
+
+
 def test_strategy_refuses_sharded_checkpoints() -> None:
     with pytest.raises(UserInputError, match="state_dict_type must be 'full'"):
         QLoraFSDPStrategy(state_dict_type="sharded")

@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    variant = "no-zero=--trainer.strategy.init_args.shard_optimizer_state false"  # a next GPU call's split
+    # the next GPU calls' FSDP splits, both in one variant here
+    variant = ("no-zero=--trainer.strategy.init_args.shard_optimizer_state false "
+               "--trainer.strategy.init_args.backward_prefetch null")
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "multi_gpu.py"), "--smoke", "--out", str(tmp_path),
                            "--fsdp-variant", variant], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -27,7 +29,7 @@ def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None
     assert [(r["strategy"], r["gpus"], r["variant"]) for r in records] == [
         ("ddp", 1, "default"), ("ddp", 2, "default"), ("fsdp", 2, "default"), ("fsdp", 2, "no-zero"), ("single", 1, "default")]
     flag = records[3]["command"].index("--trainer.strategy.init_args.shard_optimizer_state")
-    assert records[3]["command"][flag + 1] == "false"
+    assert records[3]["command"][flag + 1] == "false" and records[3]["command"][flag + 3] == "null"
     for r in records:
         assert r["tool"] == "lit-qsum" and r["tokens_per_s"] > 0 and r["step_time_s"] > 0
         assert len(r["peak_allocated_gib_per_gpu"]) == r["gpus"] and "peak_allocated_gib" in r
