@@ -414,8 +414,12 @@ class SummarizationModule(L.LightningModule):
 
     @override
     def on_train_start(self) -> None:
+        loss, line = fsdp.offloading_loss(self.trainer.strategy, self._loss,
+                                          checkpointing=self.spec.gradient_checkpointing, device=self.device)
+        if line:
+            rank_zero_info(line)
         self.engine.setup_train(
-            loss=self._loss,
+            loss=loss,
             task=self.task,
             # DDP, and FSDP for the adapter it leaves whole: gradients are averaged once per optimizer step, not in
             # backward (see lit_qsum.distributed.grad_sync)

@@ -28,12 +28,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # FSDP computes the model's own loss (the chunked seq2seq loss needs the head outside the model's forward); the
     # DDP reference does the same, so the two differ only by FSDP's sharding. The chunked loss against the model's
     # own: tests/fastpath/test_chunked_loss.py
-    ddp.run(out["ddp"], "fit", "--model.speed.chunked_seq2seq_loss", "false", LIT_QSUM_CACHE=cache, FAKE_GENERATE="")
-    ddp.run(out["fsdp"], "fit", *FSDP, LIT_QSUM_CACHE=cache, FAKE_GENERATE="")  # real generate() under FSDP
+    # and with checkpointing, as fsdp_cpu.yaml (FSDP's activation offload runs with it)
+    ddp.run(out["ddp"], "fit", "--model.speed.chunked_seq2seq_loss", "false", "--model.gradient_checkpointing", "true",
+            LIT_QSUM_CACHE=cache, FAKE_GENERATE="")
+    done = ddp.run(out["fsdp"], "fit", *FSDP, LIT_QSUM_CACHE=cache, FAKE_GENERATE="")  # real generate() under FSDP
+    (out["fsdp"] / "output.txt").write_text(done.stdout + done.stderr)
     return out
 
 
 def test_fsdp_trains_evaluates_and_checkpoints_exactly_like_ddp(runs: dict[str, Path]) -> None:
+    """With FSDP's defaults: optimizer state sharded (ZeRO-1), saved activations offloaded to the host."""
+    output = (runs["fsdp"] / "output.txt").read_text()
+    assert "FSDP: optimizer state sharded over 2 GPUs" in output
+    assert "FSDP: what the backward keeps outside the checkpointed blocks" in output
     ddp_reports, fsdp_reports = ddp.records(runs["ddp"]), ddp.records(runs["fsdp"])
     for report in fsdp_reports:
         assert report["global_step"] == ddp_reports[0]["global_step"] == 3

@@ -85,6 +85,36 @@ def test_backward_prefetch_is_a_flag_fsdp_receives() -> None:
     assert QLoraFSDPStrategy(backward_prefetch="BACKWARD_POST").kwargs["backward_prefetch"] is BackwardPrefetch.BACKWARD_POST
 
 
+def test_activation_offload_wraps_the_training_forward_with_checkpointing_only() -> None:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lit_qsum.distributed.fsdp import offloading_loss
+
+    weight = torch.randn(512, 512, requires_grad=True)  # 1 MiB: offload_min_bytes' default
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return (x @ weight).tanh().sum()  # saves x, weight and tanh's output for backward
+
+    cpu = torch.device("cpu")
+    offloaded, line = offloading_loss(QLoraFSDPStrategy(), loss, checkpointing=True, device=cpu)
+    assert offloaded is not loss and "waits in host memory" in line
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        x = torch.randn(3, 512, requires_grad=True)  # so matmul saves the weight (1 MiB) for x's gradient
+        offloaded(x).backward()  # the offload's hooks are innermost: nothing reaches the outer ones
+    assert packed == []
+    assert offloaded.copied_bytes == 512 * 512 * 4  # the weight went to the host; x and tanh's output (6 KiB) stayed
+    want = weight.grad.clone()
+    weight.grad = None
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        loss(x).backward()
+    assert len(packed) >= 2  # without the offload the same forward's saved tensors reach the outer hooks
+    assert torch.equal(weight.grad, want)  # exact copies: the same gradient
+    assert offloading_loss(QLoraFSDPStrategy(), loss, checkpointing=False, device=cpu)[0] is loss
+    assert offloading_loss(QLoraFSDPStrategy(offload_activations=False), loss, checkpointing=True, device=cpu) == (loss, None)
+    assert offloading_loss(DDPStrategy(), loss, checkpointing=True, device=cpu) == (loss, None)
+
+
 def test_strategy_refuses_sharded_checkpoints() -> None:
     with pytest.raises(UserInputError, match="state_dict_type must be 'full'"):
         QLoraFSDPStrategy(state_dict_type="sharded")
