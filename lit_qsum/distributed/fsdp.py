@@ -34,6 +34,7 @@ also runs on the CPU with gloo, which the tests use.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -82,7 +83,7 @@ class QLoraFSDPStrategy(FSDPStrategy):
             offload_activations: With gradient checkpointing, what the backward keeps from the training forward
                 outside the checkpointed blocks (each block's input, the loss's logits) waits in pinned host memory
                 (``offloading_loss``): exact copies, so the same training; t5-xl at micro-batch 8:
-                ~0.22 GiB per GPU less at the step's peak (CPU model) for ~0.2 GiB each way over PCIe per
+                ~0.22 GiB per GPU less at the step's peak (CPU model) for ~0.3 GiB each way over PCIe per
                 micro-batch. Without checkpointing it would move every activation, so it is skipped.
             offload_min_bytes: Saved tensors smaller than this stay on the GPU (ids, masks, scalars: a copy costs
                 more than it frees).
@@ -205,13 +206,23 @@ def offloading_loss(
         return loss, ("FSDP: offload_activations skipped: without gradient checkpointing it would move every "
                       "activation to the host (--model.gradient_checkpointing true)")
     pin, smallest = device.type == "cuda", strategy.offload_min_bytes
+    # one host copy per tensor and forward: T5's and BART's decoder blocks all save the encoder's output (each through
+    # its own alias, own_block_inputs), which would otherwise go to the host once per block
+    copies: dict[tuple, tuple[weakref.ref, torch.Tensor]] = {}
 
     def pack(tensor: torch.Tensor) -> Any:
         if tensor.numel() * tensor.element_size() < smallest or (pin and tensor.device.type != "cuda"):
             return tensor
+        base = tensor if tensor._base is None else tensor._base
+        key = (id(base), tensor.storage_offset(), tuple(tensor.size()), tuple(tensor.stride()), tensor.dtype,
+               tensor._version)
+        known = copies.get(key)
+        if known is not None and known[0]() is base:  # alive, so its id is not a later tensor's
+            return tensor.device, known[1]
         host = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=pin)
         host.copy_(tensor, non_blocking=pin)
         offloaded.copied_bytes += host.numel() * host.element_size()  # type: ignore[attr-defined]
+        copies[key] = (weakref.ref(base), host)
         return tensor.device, host
 
     def unpack(packed: Any) -> torch.Tensor:
@@ -221,8 +232,11 @@ def offloading_loss(
         return host.to(where, non_blocking=pin)
 
     def offloaded(batch: Any) -> torch.Tensor:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            return loss(batch)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                return loss(batch)
+        finally:
+            copies.clear()  # the saved tensors keep their host copies; the next forward starts afresh
 
     offloaded.copied_bytes = 0  # type: ignore[attr-defined]  # what went to the host so far (tests)
 

@@ -115,6 +115,29 @@ def test_activation_offload_wraps_the_training_forward_with_checkpointing_only()
     assert offloading_loss(DDPStrategy(), loss, checkpointing=True, device=cpu) == (loss, None)
 
 
+def test_activation_offload_copies_a_tensor_saved_through_several_aliases_once() -> None:
+    from lit_qsum.distributed.fsdp import offloading_loss
+
+    weights = [torch.randn(4, 4, requires_grad=True) for _ in range(3)]
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        # like T5's decoder blocks and the encoder output: each block multiplies its own alias of the same tensor
+        return sum((x.view_as(x) @ w).sum() for w in weights) + ((x + 1) @ weights[0]).sum()
+
+    offloaded, _ = offloading_loss(QLoraFSDPStrategy(offload_min_bytes=0), loss, checkpointing=True,
+                                   device=torch.device("cpu"))
+    x = torch.randn(3, 4)
+    want_x = x.clone()
+    offloaded(x.clone()).backward()
+    # x once for its three aliases, x + 1 (another tensor) once; the weights are not saved (x needs no gradient)
+    assert offloaded.copied_bytes == 2 * x.numel() * 4
+    got = [w.grad.clone() for w in weights]
+    for w in weights:
+        w.grad = None
+    loss(want_x).backward()
+    assert all(torch.equal(g, w.grad) for g, w in zip(got, weights))
+
+
 def test_strategy_refuses_sharded_checkpoints() -> None:
     with pytest.raises(UserInputError, match="state_dict_type must be 'full'"):
         QLoraFSDPStrategy(state_dict_type="sharded")
