@@ -277,12 +277,10 @@ def plan(args: argparse.Namespace, shapes: dict[str, dict], data: Path, work: Pa
          "--model.accumulate_grad_batches", "1", "--data.batch_size", str(fsdp_micro)],
         warmup=fsdp_warmup, timeout_s=300 if smoke else 150, min_s=60 if smoke else 90,
     ))
-    fsdp = runs[-2]
-    for name, flags in args.fsdp_variants.items():
-        runs.insert(runs.index(fsdp) + 1 + list(args.fsdp_variants).index(name), Run(
-            f"fsdp2-{name}", fsdp.shape, "fsdp", 2, fsdp.micro_batch, fsdp.config, [*fsdp.args, *flags],
-            warmup=fsdp.warmup, timeout_s=fsdp.timeout_s, min_s=fsdp.min_s, variant=name,
-        ))
+    fsdp, single = runs[-2:]
+    runs[-1:] = [Run(f"fsdp2-{name}", fsdp.shape, "fsdp", 2, fsdp.micro_batch, fsdp.config, [*fsdp.args, *flags],
+                     warmup=fsdp.warmup, timeout_s=fsdp.timeout_s, min_s=fsdp.min_s, variant=name)
+                 for name, flags in args.fsdp_variants.items()] + [single]  # after fsdp2, before single-xl
     for run in runs:
         run.args += ["--trainer.default_root_dir", str(work / run.name)]
     return runs

@@ -42,8 +42,9 @@ class ShardedOptimizerState:
             r = loads.index(min(loads))
             self.owner[id(p)] = r
             loads[r] += p.numel()
+        self.owned = [[p for p in self.params if self.owner[id(p)] == r] for r in range(world)]  # by rank
         self.foreign = [p for p in self.params if self.owner[id(p)] != rank]
-        self.buckets = [self._buckets([p for p in self.params if self.owner[id(p)] == r]) for r in range(world)]
+        self.buckets = [self._buckets(owned) for owned in self.owned]
         original: Callable[..., Any] = optimizer.step
 
         def step(closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
@@ -71,8 +72,7 @@ class ShardedOptimizerState:
 
     def owned_share(self) -> float:
         """The fraction of the adapter's elements this rank owns."""
-        total = sum(p.numel() for p in self.params)
-        return sum(p.numel() for p in self.params if self.owner[id(p)] == self.rank) / max(total, 1)
+        return sum(p.numel() for p in self.owned[self.rank]) / max(sum(p.numel() for p in self.params), 1)
 
     def step(self, original: Callable[..., Any], closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """``original`` (the optimizer's step) on this rank's tensors, then every owner's tensors broadcast."""
@@ -105,7 +105,7 @@ class ShardedOptimizerState:
         position = {id(p): i for i, p in enumerate(self.params)}
         state: dict[int, dict[str, Any]] = dict(own["state"]) if self.rank == 0 else {}
         for owner in range(1, self.world):
-            mine = [position[id(p)] for p in self.params if self.owner[id(p)] == owner]
+            mine = [position[id(p)] for p in self.owned[owner]]
             meta = [None]
             if owner == self.rank:
                 meta = [[(i, {k: _describe(v) for k, v in own["state"][i].items()}) for i in mine if i in own["state"]]]
