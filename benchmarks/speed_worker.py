@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -70,7 +72,7 @@ class StepWindow:
     CUDA graph over the GPU time between their events (a capture is a one-time cost per batch shape, reported
     apart: how many fell inside the window and what they cost). The profiled steps
     run under torch.profiler (CUDA activity only, unless ``LIT_QSUM_SPEED_PROFILE=DIR`` asks for a CPU + CUDA
-    table in DIR), so their wall time is not part of tokens/s.
+    table in DIR, and ``LIT_QSUM_SPEED_TRACE`` a timeline: see ``_traced``), so their wall time is not part of tokens/s.
     """
 
     def __init__(self, warmup: int, steps: int, cuda: bool, profile_steps: int = 0, causal: bool = False) -> None:
@@ -192,7 +194,18 @@ class StepWindow:
                                       tokens),
                     averages.table(sort_by=sort, row_limit=60, max_name_column_width=110),
                     averages.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=110)]
+            runtime = [e for e in averages if e.key.startswith(("cuda", "cu")) and e.device_type != DeviceType.CUDA]
+            text.append("CUDA runtime/driver calls on the host (waits show here: synchronize, blocking copies, "
+                        "host allocations)\n" + "\n".join(
+                            f"{e.key:<40} {e.count:>7} calls {e.self_cpu_time_total / 1e3:>10.1f} ms"
+                            for e in sorted(runtime, key=lambda e: -e.self_cpu_time_total)))
             (out / f"profile-{label}.txt").write_text("\n".join(text))
+            if _traced(label):  # the timeline, for where the GPU waits on the host
+                trace = out / f"trace-{label}.json"
+                self.profiler.export_chrome_trace(str(trace))
+                with trace.open("rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
+                    shutil.copyfileobj(raw, packed)
+                trace.unlink()
         self.profiler = None
 
     def result(self) -> dict[str, Any]:
@@ -203,6 +216,13 @@ class StepWindow:
                 "non_pad_share": tokens / self.padded, "first_step_s": self.first_step_s,
                 "gpu_time_per_token_us": self.profile.get("gpu_time_per_token_us"),
                 "gpu_busy_share": self.profile.get("gpu_busy_share"), **self.steady()}
+
+
+def _traced(label: str) -> bool:
+    """``LIT_QSUM_SPEED_TRACE``: ``1`` exports every profiled run's timeline (gzipped Chrome trace), else a comma-separated
+    list of the variant names to export (a trace of two steps of a 1.5B model is several MB)."""
+    wanted = os.environ.get("LIT_QSUM_SPEED_TRACE", "")
+    return wanted == "1" or any(label.endswith(f"-{name}") for name in wanted.split(",") if name)
 
 
 def run_worker(spec_path: Path) -> None:
@@ -467,8 +487,10 @@ def train_unsloth_loop(
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
     loader = lit_loader(spec, features, dict(DATA_DEFAULTS))
     window.train_start()
-    step = 0
+    step, epoch = 0, 0
     while step < window.last_step:
+        loader.batch_sampler.set_epoch(epoch)  # as Lightning's fit loop does: the same batches as lit-qsum's runs
+        epoch += 1
         for batch in loader:
             step += 1
             batch = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}

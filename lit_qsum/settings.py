@@ -154,6 +154,12 @@ class SpeedSettings:
     bf16 anyway). Attention and BART's FFN compute as before; T5's gated FFN rounds its activation and gate product to
     bf16 (two roundings more), and q/k/v's input gradients are summed in bf16. The FFN's elementwise work then moves
     half the bytes in a few kernels (see ``lit_qsum.fastpath.activations``)."""
+    backward_outside_autocast: bool = False
+    """Run each backward with autocast off, as torch's AMP docs recommend. Lightning calls a manually optimized
+    module's backward inside ``training_step``, so under bf16-mixed autocast stays on through the backward: every
+    backward op dispatches through it, and ops that torch runs in the forward's dtypes (custom autograd functions
+    decorated with ``custom_bwd`` keep the forward's autocast state) give the same results either way. Opt-in while
+    its GPU effect is measured."""
     contiguous_attention_bias: bool = True
     """T5: lay the relative-position bias out contiguously so attention takes SDPA's fused kernel, and (under
     checkpointing) build the zero bias of layers without one as a constant, not a tensor that requires grad."""

@@ -266,8 +266,17 @@ class StepEngine:
         except RuntimeError:  # not attached to a Trainer: no callbacks to recover with
             return None
 
-    def _local_backward(self):
-        return grad_sync.local_backward(self.module.trainer.strategy.model)
+    def _local_backward(self) -> contextlib.AbstractContextManager:
+        """Where a backward runs: without DDP's per-backward gradient sync, and with autocast off where
+        ``speed.backward_outside_autocast`` asks (Lightning runs a manual backward inside ``training_step``'s
+        autocast)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(grad_sync.local_backward(self.module.trainer.strategy.model))
+        speed = getattr(self.module, "speed", None)
+        device_type = self.module.device.type
+        if getattr(speed, "backward_outside_autocast", False) and torch.is_autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        return stack
 
     def _has_grads(self) -> bool:
         return any(p.grad is not None for p in self.trainable())
