@@ -31,6 +31,17 @@ class AutocastInBackward(L.Callback):
         self.in_forward.append(torch.is_autocast_enabled("cpu"))
 
 
+class KeepGrads(L.Callback):
+    """The adapter's gradients as the optimizer step gets them."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads = {n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()
+                      if p.requires_grad and p.grad is not None}
+
+
 @pytest.mark.parametrize("outside", [False, True])
 def test_backward_runs_without_autocast_only_when_asked(tmp_path, outside: bool) -> None:
     module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="lora", init_seed=3,
@@ -56,18 +67,12 @@ def test_backward_outside_autocast_keeps_the_gradients_within_bf16_rounding(tmp_
                                      lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
                                      speed=SpeedSettings(backward_outside_autocast=outside))
         data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=4, max_eval_samples=4)
-        kept: dict[str, torch.Tensor] = {}
-
-        class Keep(L.Callback):
-            def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-                kept.update({n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()
-                             if p.requires_grad and p.grad is not None})
-
+        keep = KeepGrads()
         trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=1, limit_val_batches=0,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            default_root_dir=tmp_path / str(outside), callbacks=[Keep()])
+                            default_root_dir=tmp_path / str(outside), callbacks=[keep])
         trainer.fit(module, data)
-        grads[outside] = kept
+        grads[outside] = keep.grads
     assert grads[False].keys() == grads[True].keys() and grads[False]
     for name, grad in grads[False].items():
         other = grads[True][name]
