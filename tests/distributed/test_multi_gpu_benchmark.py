@@ -27,9 +27,9 @@ def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None
     [results] = tmp_path.glob("*-multi-gpu.json")
     records = json.loads(results.read_text())
     assert [(r["strategy"], r["gpus"], r["variant"]) for r in records] == [
-        ("ddp", 1, "default"), ("ddp", 2, "default"), ("fsdp", 2, "default"), ("fsdp", 2, "no-zero"), ("single", 1, "default")]
-    flag = records[3]["command"].index("--trainer.strategy.init_args.shard_optimizer_state")
-    assert records[3]["command"][flag + 1] == "false" and records[3]["command"][flag + 3] == "null"
+        ("ddp", 1, "default"), ("ddp", 2, "default"), ("fsdp", 2, "default"), ("single", 1, "default"), ("fsdp", 2, "no-zero")]
+    flag = records[4]["command"].index("--trainer.strategy.init_args.shard_optimizer_state")
+    assert records[4]["command"][flag + 1] == "false" and records[4]["command"][flag + 3] == "null"
     for r in records:
         assert r["tool"] == "lit-qsum" and r["tokens_per_s"] > 0 and r["step_time_s"] > 0
         assert len(r["peak_allocated_gib_per_gpu"]) == r["gpus"] and "peak_allocated_gib" in r

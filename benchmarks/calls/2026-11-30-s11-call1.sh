@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran 2026-11-30 15:16 UTC as session 11 call 1 on nvidia-h200 (422 s): record speed-unsloth-split; logs ../results/logs/2026-11-30-s11-call1-*
 # Prepared in session 9, extended in session 11; a one-GPU call (nvidia-h200). See
 # benchmarks/results/2026-11-30-speed-notes-6.md ("Unsloth backend: where the 24% goes"). Issue #16: the Unsloth
 # backend at 76% of the plain Unsloth loop with the same GPU time per token; the extra host time sits in the forward.

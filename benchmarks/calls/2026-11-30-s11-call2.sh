@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran 2026-11-30 15:25 UTC as session 11 call 2 on nvidia-h200 (426 s): records speed-unsloth-ab-1, speed-unsloth-ab-2; logs ../results/logs/2026-11-30-s11-call2-*
 # Session 11, one-GPU call (nvidia-h200). Issue #16: the Unsloth backend against the plain Unsloth loop, A/B twice,
 # now over the same batches (the loop sets the sampler's epoch as Lightning does; call 1's loop ran 6% fewer tokens
 # in its window). Call 1 (alone on the host): backend 16.2k, plain loop 17.3k tokens/s (94%). Ends by ~500 s.
