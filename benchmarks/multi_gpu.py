@@ -58,16 +58,25 @@ class BenchRecorder(Callback):
         self._samples = 0
         self._result: dict[str, Any] = {}
         self._at_start = 0.0
-        self._before_train = 0.0
+        self._load = 0.0
+        self._sanity = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # what each GPU holds once the strategy has placed (and FSDP sharded) the model: how much sharding saved
         device = trainer.strategy.root_device
         self._at_start = float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0.0
         if device.type == "cuda":
-            # the sanity check's validation (loss + generate()) ran before this: its peak is kept apart, and the
-            # training peak starts here (until session 11 the FSDP run's peak was the sanity check's)
-            self._before_train = float(torch.cuda.max_memory_allocated(device))
+            # the sanity check's validation (loss + generate()) ran since on_fit_start: its peak is kept apart, and
+            # the training peak starts here (until session 11 the FSDP run's "peak" was one from before training)
+            self._sanity = float(torch.cuda.max_memory_allocated(device))
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the module's setup (weights loaded, 4-bit quantized) and the strategy's wrapping (FSDP sharding),
+        # before the sanity check: the loading peak
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            self._load = float(torch.cuda.max_memory_allocated(device))
             torch.cuda.reset_peak_memory_stats(device)
 
     def _sync(self, trainer: L.Trainer) -> None:
@@ -98,16 +107,17 @@ class BenchRecorder(Callback):
         before = max((getattr(cb, "peak_before_reset", 0) for cb in trainer.callbacks), default=0)
         peak = torch.tensor([float(max(torch.cuda.max_memory_allocated(device), before)) if cuda else 0.0,
                              float(torch.cuda.max_memory_reserved(device)) if cuda else 0.0, self._at_start,
-                             self._before_train], device=device)
-        peaks = trainer.strategy.all_gather(peak).reshape(-1, 4).tolist()
+                             self._load, self._sanity], device=device)
+        peaks = trainer.strategy.all_gather(peak).reshape(-1, 5).tolist()
         self._result = {
             "tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed, "step_time_s": elapsed / steps,
             "measured_steps": steps, "measured_tokens": int(tokens), "world_size": trainer.world_size,
-            "peak_allocated_gib_per_gpu": [round(a / 2**30, 3) for a, _, _, _ in peaks],
-            "peak_reserved_gib_per_gpu": [round(r / 2**30, 3) for _, r, _, _ in peaks],
-            "allocated_at_train_start_gib_per_gpu": [round(s / 2**30, 3) for _, _, s, _ in peaks],
-            # the sanity check's validation (loss + generate()) and model setup, before training
-            "peak_allocated_before_training_gib_per_gpu": [round(v / 2**30, 3) for _, _, _, v in peaks],
+            "peak_allocated_gib_per_gpu": [round(p[0] / 2**30, 3) for p in peaks],
+            "peak_reserved_gib_per_gpu": [round(p[1] / 2**30, 3) for p in peaks],
+            "allocated_at_train_start_gib_per_gpu": [round(p[2] / 2**30, 3) for p in peaks],
+            # before training: loading the model and wrapping it (FSDP's sharding), then the sanity check's validation
+            "peak_allocated_loading_gib_per_gpu": [round(p[3] / 2**30, 3) for p in peaks],
+            "peak_allocated_sanity_validation_gib_per_gpu": [round(p[4] / 2**30, 3) for p in peaks],
             "gpu": torch.cuda.get_device_name(device) if cuda else "cpu",
         }
         if trainer.is_global_zero:
@@ -396,20 +406,21 @@ def write_results(out: Path, date: str, records: list[dict], args: argparse.Name
     ratio = (by[("ddp", 2)]["tokens_per_s"] / by[("ddp", 1)]["tokens_per_s"]
              if ("ddp", 1) in by and ("ddp", 2) in by else None)
     rows = ["| shape | strategy | variant | GPUs | micro-batch / GPU | tokens/s (all GPUs) | step s "
-            "| training peak allocated GiB per GPU | before training (sanity validation) GiB per GPU "
+            "| training peak allocated GiB per GPU | loading peak GiB per GPU | sanity-check validation peak GiB per GPU "
             "| allocated at train start GiB per GPU |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "tokens_per_s" in r:
-            start, before = (", ".join(f"{p:.2f}" for p in r.get(key, []))
-                             for key in ("allocated_at_train_start_gib_per_gpu", "peak_allocated_before_training_gib_per_gpu"))
+            start, load, sanity = (", ".join(f"{p:.2f}" for p in r.get(key, [])) or "-" for key in (
+                "allocated_at_train_start_gib_per_gpu", "peak_allocated_loading_gib_per_gpu",
+                "peak_allocated_sanity_validation_gib_per_gpu"))
             rows.append(f"| {r['shape']} | {r['strategy']} | {r['variant']} | {r['gpus']} | {r['micro_batch']} "
                         f"| {r['tokens_per_s']:,.0f} "
                         f"| {r['step_time_s']:.3f} | {', '.join(f'{p:.2f}' for p in r['peak_allocated_gib_per_gpu'])} "
-                        f"| {before or '-'} | {start} |")
+                        f"| {load} | {sanity} | {start} |")
         else:
             rows.append(f"| {r['shape']} | {r['strategy']} | {r['variant']} | {r['gpus']} | {r['micro_batch']} | failed "
-                        "| | | | |")
+                        "| | | | | |")
     gpu = next((r["gpu"] for r in records if "gpu" in r), "unknown")
     fsdp = next((r for r in records if r["strategy"] == "fsdp" and r["variant"] == "default"), None)
     lines = [
@@ -441,9 +452,10 @@ def write_results(out: Path, date: str, records: list[dict], args: argparse.Name
     if fsdp and single and "peak_allocated_gib" in fsdp and single["peak_allocated_gib"] > 0:  # 0 on the CPU
         lines.append(f"FSDP per-GPU training peak / one-GPU QLoRA training peak (t5-xl, same micro-batch): "
                      f"**{fsdp['peak_allocated_gib'] / single['peak_allocated_gib']:.0%}** (target <= 60%)")
-        if fsdp.get("peak_allocated_before_training_gib_per_gpu") and single.get("peak_allocated_before_training_gib_per_gpu"):
-            whole = [max(r["peak_allocated_gib"], *r["peak_allocated_before_training_gib_per_gpu"]) for r in (fsdp, single)]
-            lines.append(f"The same with the sanity check's validation (loss + generate()) counted: "
+        keys = ("peak_allocated_loading_gib_per_gpu", "peak_allocated_sanity_validation_gib_per_gpu")
+        if all(r.get(key) for r in (fsdp, single) for key in keys):
+            whole = [max(r["peak_allocated_gib"], *r[keys[0]], *r[keys[1]]) for r in (fsdp, single)]
+            lines.append(f"The whole fit's peak (loading and the sanity check's validation counted): "
                          f"{whole[0]:.2f} / {whole[1]:.2f} GiB = {whole[0] / whole[1]:.0%}")
         for r in records:
             if r["strategy"] == "fsdp" and r["variant"] != "default" and "peak_allocated_gib" in r:

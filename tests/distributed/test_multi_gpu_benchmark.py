@@ -34,6 +34,8 @@ def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None
         assert r["tool"] == "lit-qsum" and r["tokens_per_s"] > 0 and r["step_time_s"] > 0
         assert len(r["peak_allocated_gib_per_gpu"]) == r["gpus"] and "peak_allocated_gib" in r
         assert len(r["allocated_at_train_start_gib_per_gpu"]) == r["gpus"]  # what the placed (sharded) model holds
+        # the peaks before training (loading + sharding, the sanity check's validation) are kept apart
+        assert len(r["peak_allocated_loading_gib_per_gpu"]) == len(r["peak_allocated_sanity_validation_gib_per_gpu"]) == r["gpus"]
         assert {"shape", "gpu", "date", "micro_batch", "versions", "variant", "strategy", "gpus"} <= set(r)
         assert r["measured_steps"] == 3
     assert records[2]["checkpoint"]["ok"], records[2]["checkpoint"]
