@@ -156,7 +156,8 @@ class SummarizationModule(L.LightningModule):
             line = set_cpu_threads()
             if line:
                 rank_zero_info(line)
-        self.loaded = load_model(self.spec, device=device, num_devices=trainer.world_size,
+        self.loaded = load_model(self.spec, device=device, load_device=fsdp.load_device(trainer.strategy, device),
+                                 num_devices=trainer.world_size,
                                  tokenizer=self._data_tokenizer(trainer))
         self.model = self.loaded.model
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found

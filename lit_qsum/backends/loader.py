@@ -75,14 +75,18 @@ def load_model(
     spec: ModelSpec,
     *,
     device: torch.device,
+    load_device: torch.device | None = None,
     num_devices: int = 1,
     facts: EnvFacts | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> LoadedModel:
     """Probe, choose the backend, load the base (4-bit where chosen) and add LoRA.
 
+    ``device``: where training runs, which decides the backend and the compute dtype. ``load_device``: where the
+    base is loaded and quantized, if elsewhere (the host, for a strategy that moves it to ``device`` piece by piece).
     ``tokenizer``: the one already loaded for ``tokenizer_spec(spec)`` (the data module's), else it is loaded here.
     """
+    load_device = device if load_device is None else load_device
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_spec(spec))
     path, config = resolve_checkpoint(spec, tokenizer, device)
     task = hf.task_of(config)
@@ -116,8 +120,8 @@ def load_model(
         quantize = None
         if decision.backend == "qlora" and spec.quantization.load_in_4bit:
             quantize = hf.bnb_config(spec.quantization, compute_dtype)
-        model = hf.load_base_model(path, config, quantize=quantize, dtype=compute_dtype, device=device)
-        if quantize is not None and device.type == "cpu":
+        model = hf.load_base_model(path, config, quantize=quantize, dtype=compute_dtype, device=load_device)
+        if quantize is not None and load_device.type == "cpu":
             keep_trainable_cpu_layout(model)
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the same init_seed gives the same LoRA init

@@ -188,3 +188,23 @@ def test_auto_skips_unsloth_on_several_gpus_and_says_why() -> None:
     loaded = load_model(spec, device=CPU, num_devices=2)  # what the module passes: trainer.world_size
     assert loaded.decision.backend != "unsloth"
     assert any("Unsloth runs on one GPU only, this run uses 2 devices" in r for r in loaded.decision.reasons)
+
+
+@needs_bnb
+def test_the_base_loads_on_load_device_while_device_decides(monkeypatch) -> None:
+    """``load_device`` (FSDP's ``load_on_cpu``) is where the base is loaded and quantized; the backend and compute dtype
+    still follow ``device``. On a GPU machine FSDP then moves each unit over (``tests/distributed/test_load_on_cpu_cuda.py``)."""
+    from lit_qsum.backends import hf  # noqa: PLC0415
+
+    seen = []
+    original = hf.load_base_model
+
+    def recording(path, config, *, quantize, dtype, device):
+        seen.append((device, quantize is not None))
+        return original(path, config, quantize=quantize, dtype=dtype, device=CPU)
+
+    monkeypatch.setattr(hf, "load_base_model", recording)
+    spec = ModelSpec(model_config=TINY["t5"], tokenizer="lit_qsum:demo", backend="qlora")
+    loaded = load_model(spec, device=CPU, load_device=torch.device("meta"))
+    assert seen == [(torch.device("meta"), True)]  # the 4-bit base went where load_device said
+    assert loaded.decision.backend == "qlora" and loaded.compute_dtype == torch.float32  # decided for the CPU

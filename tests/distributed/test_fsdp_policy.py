@@ -184,3 +184,14 @@ def test_adapter_copies_are_off_under_fsdp_only() -> None:
     assert under_fsdp.fused_lora == speed.fused_lora and under_fsdp.cuda_graphs == speed.cuda_graphs  # nothing else
     assert speed_under(DDPStrategy(), speed) == (speed, [])
     assert speed_under(QLoraFSDPStrategy(), SpeedSettings(adapter_copies=False))[1] == []
+
+
+def test_the_base_loads_on_the_host_only_under_fsdp_with_load_on_cpu() -> None:
+    from lightning.pytorch.strategies import DDPStrategy  # noqa: PLC0415
+
+    from lit_qsum.distributed.fsdp import load_device  # noqa: PLC0415
+
+    gpu = torch.device("cuda", 1)
+    assert load_device(QLoraFSDPStrategy(load_on_cpu=True), gpu) == torch.device("cpu")
+    assert load_device(QLoraFSDPStrategy(), gpu) == gpu  # default: quantized on the GPU, then sharded
+    assert load_device(DDPStrategy(), gpu) == gpu
