@@ -42,17 +42,22 @@ class KeepGrads(L.Callback):
                       if p.requires_grad and p.grad is not None}
 
 
+def fit_bf16(root, outside: bool, steps: int, samples: int, dropout: float, callback: L.Callback) -> None:
+    """A tiny T5 LoRA fit under CPU bf16-mixed, with ``speed.backward_outside_autocast`` as given."""
+    module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="lora", init_seed=3,
+                                 lora=LoraSettings(rank=4, alpha=8, dropout=dropout),
+                                 speed=SpeedSettings(backward_outside_autocast=outside))
+    data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=samples, max_eval_samples=4)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=steps, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=root, callbacks=[callback])
+    trainer.fit(module, data)
+
+
 @pytest.mark.parametrize("outside", [False, True])
 def test_backward_runs_without_autocast_only_when_asked(tmp_path, outside: bool) -> None:
-    module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="lora", init_seed=3,
-                                 lora=LoraSettings(rank=4, alpha=8, dropout=0.05),
-                                 speed=SpeedSettings(backward_outside_autocast=outside))
-    data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=16, max_eval_samples=4)
     probe = AutocastInBackward()
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=3, limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        default_root_dir=tmp_path, callbacks=[probe], accumulate_grad_batches=1)
-    trainer.fit(module, data)
+    fit_bf16(tmp_path, outside, steps=3, samples=16, dropout=0.05, callback=probe)
     assert len(probe.seen) == 3  # one backward per step reached the hook
     # the hook sees the backward's own state: on as Lightning leaves it, off with the setting
     assert probe.seen == [not outside] * 3
@@ -63,15 +68,8 @@ def test_backward_outside_autocast_keeps_the_gradients_within_bf16_rounding(tmp_
     grads = {}
     for outside in (False, True):
         L.seed_everything(0, verbose=False)
-        module = SummarizationModule(model_config=TINY_T5, tokenizer="lit_qsum:demo", backend="lora", init_seed=3,
-                                     lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
-                                     speed=SpeedSettings(backward_outside_autocast=outside))
-        data = SummarizationDataModule(task="seq2seq", batch_size=4, max_train_samples=4, max_eval_samples=4)
         keep = KeepGrads()
-        trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=1, limit_val_batches=0,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            default_root_dir=tmp_path / str(outside), callbacks=[keep])
-        trainer.fit(module, data)
+        fit_bf16(tmp_path / str(outside), outside, steps=1, samples=4, dropout=0.0, callback=keep)
         grads[outside] = keep.grads
     assert grads[False].keys() == grads[True].keys() and grads[False]
     for name, grad in grads[False].items():
