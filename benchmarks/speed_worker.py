@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -194,18 +192,14 @@ class StepWindow:
                                       tokens),
                     averages.table(sort_by=sort, row_limit=60, max_name_column_width=110),
                     averages.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=110)]
-            runtime = [e for e in averages if e.key.startswith(("cuda", "cu")) and e.device_type != DeviceType.CUDA]
+            runtime = [e for e in averages if e.key.startswith("cu") and e.device_type != DeviceType.CUDA]
             text.append("CUDA runtime/driver calls on the host (waits show here: synchronize, blocking copies, "
                         "host allocations)\n" + "\n".join(
                             f"{e.key:<40} {e.count:>7} calls {e.self_cpu_time_total / 1e3:>10.1f} ms"
                             for e in sorted(runtime, key=lambda e: -e.self_cpu_time_total)))
             (out / f"profile-{label}.txt").write_text("\n".join(text))
             if _traced(label):  # the timeline, for where the GPU waits on the host
-                trace = out / f"trace-{label}.json"
-                self.profiler.export_chrome_trace(str(trace))
-                with trace.open("rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
-                    shutil.copyfileobj(raw, packed)
-                trace.unlink()
+                self.profiler.export_chrome_trace(str(out / f"trace-{label}.json.gz"))  # gzipped by its suffix
         self.profiler = None
 
     def result(self) -> dict[str, Any]:

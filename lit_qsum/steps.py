@@ -272,10 +272,8 @@ class StepEngine:
         autocast)."""
         stack = contextlib.ExitStack()
         stack.enter_context(grad_sync.local_backward(self.module.trainer.strategy.model))
-        speed = getattr(self.module, "speed", None)
-        device_type = self.module.device.type
-        if getattr(speed, "backward_outside_autocast", False) and torch.is_autocast_enabled(device_type):
-            stack.enter_context(torch.autocast(device_type, enabled=False))
+        if self.module.speed.backward_outside_autocast:
+            stack.enter_context(torch.autocast(self.module.device.type, enabled=False))
         return stack
 
     def _has_grads(self) -> bool:
