@@ -92,7 +92,8 @@ class QLoraFSDPStrategy(FSDPStrategy):
                 CPU too), and FSDP moves each unit to its GPU as it shards it, so no GPU ever holds the whole 4-bit base
                 (by default each process quantizes the whole base on its GPU, then FSDP shards it: t5-xl peaks at
                 2.36 GiB per GPU while loading against 2.00 in training, H200, 2026-11-30). Quantizing on the CPU
-                takes longer (~40 s for t5-xl's 2.8B 4-bit weights on two cores). Not yet measured on GPUs: opt-in.
+                takes longer (t5-xl's 2.8B 4-bit weights: 42-73 s on two cores, extrapolated in
+                ``benchmarks/results/2026-11-30-cpu-nf4-quantize-time.md``). Not yet measured on GPUs: opt-in.
             kwargs: Lightning's ``FSDPStrategy`` arguments (``sharding_strategy``, ``cpu_offload``, ``auto_wrap_policy``
                 to replace ours, ...). ``state_dict_type`` must stay ``full``: checkpoints hold the adapter only.
         """
