@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran in session 12 as call 3 (nvidia-h200-x2, 476 s): both tests passed; records 2026-11-30-multi-gpu-fsdp-load-s12 and 2026-11-30-multi-gpu-ddp-s12
 # Session 12, call 3 (nvidia-h200-x2). load_on_cpu now quantizes each weight on the rank's GPU and keeps it on the host
 # (call 2: quantizing on the CPU gave a different 4-bit base and took ~57 s for t5-xl). The two GPU tests of that path;
 # then FSDP (default), one GPU and FSDP with load_on_cpu in one run (three peaks each, load cost in wall_s); then DDP

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran in session 12 as call 2 (nvidia-h200-x2, 445 s): the two load_on_cpu GPU tests FAILED (host-quantized base differs from the GPU one), the other two passed; record 2026-11-30-multi-gpu-cpu-load-s12
 # Session 12, call 2 (nvidia-h200-x2). The GPU tests of the FSDP loading path (session 11, not yet run on GPUs): a base
 # quantized on the host and moved equals one quantized on the GPU, and FSDP with load_on_cpu trains as FSDP loading on
 # the GPUs; with the other several-GPU tests (DDP OOM recovery, FSDP fit/validate/checkpoint/resume). Then the FSDP

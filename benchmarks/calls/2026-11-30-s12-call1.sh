@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran in session 12 as call 1 (nvidia-h200-x2, 508 s): records 2026-11-30-multi-gpu-s12; the cpu-load run was cut at its 120 s timeout while wrapping, after ~57 s of quantizing on the host
 # Prepared in session 11 for a next session's device call (nvidia-h200-x2), not yet run; see
 # benchmarks/results/2026-11-30-speed-notes-8.md ("Next"). Issue #14: DDP t5-large 1 vs 2 GPUs with today's defaults
 # (session 11's ddp2 was stopped by a 60 s limit; DDP runs now get 90 s); FSDP t5-xl and one GPU with the three peaks
