@@ -69,7 +69,7 @@ class QLoraFSDPStrategy(FSDPStrategy):
         backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST"] | None = "BACKWARD_PRE",
         offload_activations: bool = True,
         offload_min_bytes: int = 1 << 20,
-        load_on_cpu: bool = False,
+        load_on_cpu: bool = True,
         **kwargs: Any,
     ) -> None:
         """
@@ -88,12 +88,13 @@ class QLoraFSDPStrategy(FSDPStrategy):
                 micro-batch. Without checkpointing it would move every activation, so it is skipped.
             offload_min_bytes: Saved tensors smaller than this stay on the GPU (ids, masks, scalars: a copy costs
                 more than it frees).
-            load_on_cpu: Each process loads and 4-bit-quantizes the base in host memory (bitsandbytes quantizes on the
-                CPU too), and FSDP moves each unit to its GPU as it shards it, so no GPU ever holds the whole 4-bit base
-                (by default each process quantizes the whole base on its GPU, then FSDP shards it: t5-xl peaks at
-                2.36 GiB per GPU while loading against 2.00 in training, H200, 2026-11-30). Quantizing on the CPU
-                takes longer (t5-xl's 2.8B 4-bit weights: 42-73 s on two cores, extrapolated in
-                ``benchmarks/results/2026-11-30-cpu-nf4-quantize-time.md``). Not yet measured on GPUs: opt-in.
+            load_on_cpu: Each process keeps the base in host memory while it loads, each weight 4-bit-quantized on
+                its own GPU and handed back (``lit_qsum.backends.loader.quantize_4bit_on``: the same 4-bit base as
+                loading on the GPU), and FSDP moves each unit to its GPU as it shards it, so no GPU ever holds the
+                whole 4-bit base: a model whose base does not fit one GPU still loads. t5-xl on two H200s
+                (2026-11-30): 1.50 GiB per GPU while loading against 2.36 loading on the GPUs, ~16 s longer to load.
+                False: each process loads the whole base on its GPU, then FSDP shards it (no host memory for the
+                base; with True each process holds its 4-bit base in host memory until FSDP has sharded it).
             kwargs: Lightning's ``FSDPStrategy`` arguments (``sharding_strategy``, ``cpu_offload``, ``auto_wrap_policy``
                 to replace ours, ...). ``state_dict_type`` must stay ``full``: checkpoints hold the adapter only.
         """

@@ -192,6 +192,6 @@ def test_the_base_loads_on_the_host_only_under_fsdp_with_load_on_cpu() -> None:
     from lit_qsum.distributed.fsdp import load_device  # noqa: PLC0415
 
     gpu = torch.device("cuda", 1)
-    assert load_device(QLoraFSDPStrategy(load_on_cpu=True), gpu) == torch.device("cpu")
-    assert load_device(QLoraFSDPStrategy(), gpu) == gpu  # default: quantized on the GPU, then sharded
+    assert load_device(QLoraFSDPStrategy(), gpu) == torch.device("cpu")  # default: held on the host until sharded
+    assert load_device(QLoraFSDPStrategy(load_on_cpu=False), gpu) == gpu
     assert load_device(DDPStrategy(), gpu) == gpu

@@ -1,6 +1,7 @@
-"""``QLoraFSDPStrategy(load_on_cpu=True)`` on a GPU: the 4-bit base quantized in host memory and then moved to the GPU
-(as FSDP moves each unit when it shards it: ``param.data = param.to(device)``, which carries bitsandbytes' quant
-state along) is the base quantized on the GPU, and the model gives the same loss.
+"""``QLoraFSDPStrategy(load_on_cpu=True)`` (the default) on a GPU: the 4-bit base loaded into host memory, each weight
+quantized on the GPU and handed back (``quantize_4bit_on``), then moved to the GPU (as FSDP moves each unit when it
+shards it: ``param.data = param.to(device)``, which carries bitsandbytes' quant state along) is the base loaded on the
+GPU, bit for bit, and the model gives the same loss. (bitsandbytes' own CPU quantization failed this: session 12.)
 
   python -m pytest -q -m gpu tests/distributed/test_load_on_cpu_cuda.py      # one CUDA GPU, seconds
 """

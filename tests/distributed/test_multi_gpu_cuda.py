@@ -52,9 +52,10 @@ def test_fsdp_on_two_gpus_trains_validates_checkpoints_and_resumes_under_ddp(tmp
 
 
 def test_fsdp_loading_the_base_on_the_host_trains_as_loading_it_on_the_gpus(tmp_path: Path) -> None:
-    # load_on_cpu: each rank quantizes the base in host memory and FSDP moves each unit to its GPU as it shards it
+    # load_on_cpu (the default): each rank keeps the base (quantized on its GPU) in host memory and FSDP moves each
+    # unit to its GPU as it shards it
     runs = {"gpu": tmp_path / "gpu-load", "cpu": tmp_path / "cpu-load"}
-    ddp.run(runs["gpu"], "fit", *FSDP, *GPU)
+    ddp.run(runs["gpu"], "fit", *FSDP, *GPU, "--trainer.strategy.init_args.load_on_cpu", "false")
     ddp.run(runs["cpu"], "fit", *FSDP, *GPU, "--trainer.strategy.init_args.load_on_cpu", "true")
     ends = {how: ddp.weights(path, 0)["end"] for how, path in runs.items()}
     assert ends["gpu"].keys() == ends["cpu"].keys()
