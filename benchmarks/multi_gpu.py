@@ -48,7 +48,11 @@ ENCODER_TOKENS, DECODER_TOKENS = 272, 72
 
 
 class BenchRecorder(Callback):
-    """Times optimizer steps ``warmup_steps + 1 ..`` to the last, sums all ranks' tokens, gathers each rank's peak."""
+    """Times optimizer steps ``warmup_steps + 1 ..`` to the last, sums all ranks' tokens, gathers each rank's peak.
+
+    On GPUs each timed step is also timed by CUDA events, and a step in which any rank captured a CUDA graph (a new
+    batch shape: about a second, once) is marked, so the record also has the steady tokens/s of the other steps.
+    """
 
     def __init__(self, out: str, warmup_steps: int = 10) -> None:
         self.out = Path(out)
@@ -60,6 +64,10 @@ class BenchRecorder(Callback):
         self._at_start = 0.0
         self._load = 0.0
         self._sanity = 0.0
+        self._events: list[torch.cuda.Event] = []  # at the end of step warmup_steps, then of each timed step
+        self._step_tokens: list[torch.Tensor] = []
+        self._step_captured: list[bool] = []
+        self._captures_seen = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # what each GPU holds once the strategy has placed (and FSDP sharded) the model: how much sharding saved
@@ -86,22 +94,54 @@ class BenchRecorder(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if self._t0 is not None and step > self.warmup_steps:
+        graphs = getattr(pl_module, "step_graphs", None)
+        captures = graphs.stats.captures if graphs is not None else 0
+        captured, self._captures_seen = captures > self._captures_seen, captures
+        if self._t0 is not None and step > self.warmup_steps and not self._result:
             tokens = torch.as_tensor(batch["num_tokens"]).detach()
             self._tokens = tokens if self._tokens is None else self._tokens + tokens
             self._samples += len(batch["index"])
+            self._step_tokens.append(tokens)
+            self._step_captured.append(captured)
+            self._event(trainer)
         if self._t0 is None and step == self.warmup_steps:
             self._sync(trainer)
             self._t0 = time.perf_counter()
+            self._event(trainer)
         if self._t0 is not None and step == trainer.max_steps and not self._result:
             self._sync(trainer)  # validation after the last step is not timed
             self._close(trainer, time.perf_counter() - self._t0, step - self.warmup_steps)
+
+    def _event(self, trainer: L.Trainer) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._events.append(event)
+
+    def _steady(self, trainer: L.Trainer) -> dict[str, Any]:
+        """The timed steps in which no rank captured a graph: their count and tokens/s (rank 0's CUDA event times;
+        the ranks wait for each other at every step's all-reduce)."""
+        device = trainer.strategy.root_device
+        per_step = torch.tensor([[float(t), float(c)] for t, c in zip(self._step_tokens, self._step_captured)],
+                                dtype=torch.float64, device=device).reshape(-1, 2)
+        tokens = trainer.strategy.reduce(per_step[:, 0].contiguous(), reduce_op="sum").tolist()
+        any_captured = trainer.strategy.reduce(per_step[:, 1].contiguous(), reduce_op="sum").tolist()
+        out: dict[str, Any] = {"timed_steps_with_a_capture": sum(c > 0 for c in any_captured),
+                               "steady_tokens_per_s": None, "steady_steps": None}
+        if len(self._events) != len(tokens) + 1:  # not on a GPU
+            return out
+        keep = [i for i, c in enumerate(any_captured) if c == 0]
+        if keep:
+            seconds = sum(self._events[i].elapsed_time(self._events[i + 1]) for i in keep) / 1e3
+            out.update(steady_tokens_per_s=sum(tokens[i] for i in keep) / seconds, steady_steps=len(keep))
+        return out
 
     def _close(self, trainer: L.Trainer, elapsed: float, steps: int) -> None:
         device = trainer.strategy.root_device
         counts = torch.stack([self._tokens.to(device=device, dtype=torch.float64),
                               torch.tensor(float(self._samples), dtype=torch.float64, device=device)])
         tokens, samples = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        steady = self._steady(trainer)
         cuda = device.type == "cuda"
         # a MemorySnapshot callback resets the peak counter at its step: take the peak it saw before, too
         before = max((getattr(cb, "peak_before_reset", 0) for cb in trainer.callbacks), default=0)
@@ -119,6 +159,7 @@ class BenchRecorder(Callback):
             "peak_allocated_loading_gib_per_gpu": [round(p[3] / 2**30, 3) for p in peaks],
             "peak_allocated_sanity_validation_gib_per_gpu": [round(p[4] / 2**30, 3) for p in peaks],
             "gpu": torch.cuda.get_device_name(device) if cuda else "cpu",
+            **steady,
         }
         if trainer.is_global_zero:
             self.out.write_text(json.dumps(self._result))
@@ -405,22 +446,26 @@ def write_results(out: Path, date: str, records: list[dict], args: argparse.Name
     by = {(r["strategy"], r["gpus"]): r for r in records if "tokens_per_s" in r and r["variant"] == "default"}
     ratio = (by[("ddp", 2)]["tokens_per_s"] / by[("ddp", 1)]["tokens_per_s"]
              if ("ddp", 1) in by and ("ddp", 2) in by else None)
+    steady = (by[("ddp", 2)].get("steady_tokens_per_s"), by[("ddp", 1)].get("steady_tokens_per_s")) if ratio else None
     rows = ["| shape | strategy | variant | GPUs | micro-batch / GPU | tokens/s (all GPUs) | step s "
+            "| steady tokens/s (timed steps without a graph capture) | timed steps with a capture "
             "| training peak allocated GiB per GPU | loading peak GiB per GPU | sanity-check validation peak GiB per GPU "
             "| allocated at train start GiB per GPU |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "tokens_per_s" in r:
             start, load, sanity = (", ".join(f"{p:.2f}" for p in r.get(key, [])) or "-" for key in (
                 "allocated_at_train_start_gib_per_gpu", "peak_allocated_loading_gib_per_gpu",
                 "peak_allocated_sanity_validation_gib_per_gpu"))
+            steady_row = "-" if r.get("steady_tokens_per_s") is None else f"{r['steady_tokens_per_s']:,.0f}"
             rows.append(f"| {r['shape']} | {r['strategy']} | {r['variant']} | {r['gpus']} | {r['micro_batch']} "
-                        f"| {r['tokens_per_s']:,.0f} "
-                        f"| {r['step_time_s']:.3f} | {', '.join(f'{p:.2f}' for p in r['peak_allocated_gib_per_gpu'])} "
+                        f"| {r['tokens_per_s']:,.0f} | {r['step_time_s']:.3f} "
+                        f"| {steady_row} | {r.get('timed_steps_with_a_capture', '-')} "
+                        f"| {', '.join(f'{p:.2f}' for p in r['peak_allocated_gib_per_gpu'])} "
                         f"| {load} | {sanity} | {start} |")
         else:
             rows.append(f"| {r['shape']} | {r['strategy']} | {r['variant']} | {r['gpus']} | {r['micro_batch']} | failed "
-                        "| | | | | |")
+                        "| | | | | | | |")
     gpu = next((r["gpu"] for r in records if "gpu" in r), "unknown")
     fsdp = next((r for r in records if r["strategy"] == "fsdp" and r["variant"] == "default"), None)
     lines = [
@@ -446,6 +491,8 @@ def write_results(out: Path, date: str, records: list[dict], args: argparse.Name
          if ratio else "2-GPU/1-GPU ratio: not measured (a DDP run "
          + ("failed)" if any(r["strategy"] == "ddp" for r in records) else "was left out: --skip)")),
     ]
+    if steady and None not in steady:
+        lines.append(f"The same over the timed steps without a CUDA-graph capture: **{steady[0] / steady[1]:.2f}x**")
     if fsdp and "checkpoint" in fsdp:
         lines.append(f"FSDP run: validated 2 batches with generate() and saved a checkpoint: {fsdp['checkpoint']}")
     single = next((r for r in records if r["strategy"] == "single" and "peak_allocated_gib" in r), None)

@@ -38,6 +38,8 @@ def test_smoke_run_writes_a_record_per_run_and_the_table(tmp_path: Path) -> None
         assert len(r["peak_allocated_loading_gib_per_gpu"]) == len(r["peak_allocated_sanity_validation_gib_per_gpu"]) == r["gpus"]
         assert {"shape", "gpu", "date", "micro_batch", "versions", "variant", "strategy", "gpus"} <= set(r)
         assert r["measured_steps"] == 3
+        # no CUDA graphs nor events on the CPU: no steady figure, but the capture count went through the reduce
+        assert r["timed_steps_with_a_capture"] == 0 and r["steady_tokens_per_s"] is None
     assert records[2]["checkpoint"]["ok"], records[2]["checkpoint"]
     table = (tmp_path / results.name.replace(".json", ".md")).read_text()
     assert "| t5-tiny | fsdp | default | 2 |" in table and "| t5-tiny | fsdp | no-zero | 2 |" in table
