@@ -156,10 +156,12 @@ class SummarizationModule(L.LightningModule):
             line = set_cpu_threads()
             if line:
                 rank_zero_info(line)
-        self.loaded = load_model(self.spec, device=device, load_device=fsdp.load_device(trainer.strategy, device),
-                                 num_devices=trainer.world_size,
+        load_device = fsdp.load_device(trainer.strategy, device)
+        self.loaded = load_model(self.spec, device=device, load_device=load_device, num_devices=trainer.world_size,
                                  tokenizer=self._data_tokenizer(trainer))
         self.model = self.loaded.model
+        if load_device != device:
+            rank_zero_info(fsdp.host_load_line(self.model))
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes as found
         if self.loaded.decision.backend in ("qlora", "lora"):
             # under FSDP too: T5's wo stored in bf16 joins its block's unit instead of being a float32 unit of its own

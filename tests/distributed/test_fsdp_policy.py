@@ -195,3 +195,13 @@ def test_the_base_loads_on_the_host_only_under_fsdp_with_load_on_cpu() -> None:
     assert load_device(QLoraFSDPStrategy(), gpu) == torch.device("cpu")  # default: held on the host until sharded
     assert load_device(QLoraFSDPStrategy(load_on_cpu=False), gpu) == gpu
     assert load_device(DDPStrategy(), gpu) == gpu
+
+
+def test_the_host_load_line_counts_what_waits_in_host_memory() -> None:
+    from lit_qsum.distributed.fsdp import host_load_line  # noqa: PLC0415
+
+    model = torch.nn.Sequential(torch.nn.Linear(8192, 8192, bias=False))  # 0.25 GiB of float32 weights
+    model.register_buffer("scale", torch.zeros(16 * 2**20))  # and a 0.0625 GiB buffer
+    model.append(torch.nn.Linear(32768, 32768, bias=False, device="meta"))  # 4 GiB not on the host: not counted
+    line = host_load_line(model)
+    assert "(0.31 GiB in this process" in line and "load_on_cpu false" in line
