@@ -203,6 +203,7 @@ class RunFolder:
         self.opener = opener
         self.numbered = numbered
         self.lock: RunLock | None = None
+        self.made_parents: list[Path] = []  # the folders above the run that ``open`` created, deepest first
 
     @classmethod
     def for_fit(cls, root: Path, run_name: str | None, ckpt_path: str | None, rank: int) -> RunFolder:
@@ -228,6 +229,7 @@ class RunFolder:
         from lit_qsum.checkpoint_io import repair_checkpoint_folder  # noqa: PLC0415 - imports torch
 
         name = self.path.name
+        self.made_parents = [p for p in self.path.parents if not p.exists()]
         for number in range(2, 1000):
             try:
                 self.path.mkdir(parents=True, exist_ok=self.resume)
@@ -250,7 +252,8 @@ class RunFolder:
         return repair_checkpoint_folder(self.path / CHECKPOINTS) if self.resume else []
 
     def close(self, failed: bool, trained: bool = False) -> None:
-        """Release the lock; a new run that failed before it trained or saved anything is removed."""
+        """Release the lock; a new run that failed before it trained or saved anything is removed, with the folders
+        above it that it created (while they are empty)."""
         if self.lock is None:
             return
         self.lock.release()
@@ -260,6 +263,11 @@ class RunFolder:
             import shutil  # noqa: PLC0415
 
             shutil.rmtree(self.path, ignore_errors=True)
+            for parent in self.made_parents:  # e.g. a default_root_dir made for this run, unless another run is there now
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
 
 
 def next_config_name(run: Path) -> str:

@@ -233,7 +233,10 @@ def test_a_failed_fit_leaves_no_run_folder(tmp_path: Path, capsys: pytest.Captur
     """#13.7: failed runs each left a folder (a version_N) behind."""
     line = error(tmp_path, capsys, "fit", "--config", DEMO, *SHORT, "--data.train_path", "no/such.csv")
     assert "no/such.csv" in line
-    assert runs(tmp_path / "outputs" / "demo") == []
+    assert not (tmp_path / "outputs").exists()  # nor the default_root_dir it had created
+    (tmp_path / "outputs" / "demo" / "older-run").mkdir(parents=True)
+    error(tmp_path, capsys, "fit", "--config", DEMO, *SHORT, "--data.train_path", "no/such.csv")
+    assert runs(tmp_path / "outputs" / "demo") == [tmp_path / "outputs" / "demo" / "older-run"]  # a root in use stays
 
 
 def test_lock_file_names_the_process_that_holds_it(trained: Path) -> None:
