@@ -209,9 +209,9 @@ def load_device(strategy: Strategy, device: torch.device) -> torch.device:
 def host_load_line(model: nn.Module) -> str:
     """The log line of ``load_on_cpu``: how much of the model waits in this process's host memory until FSDP shards it."""
     held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()) if t.device.type == "cpu")
-    return (f"FSDP: the base waits in host memory ({held / 2**30:.2f} GiB in this process, 4-bit weights quantized on "
-            "the GPU) until FSDP moves each unit to its GPU as it shards it (--trainer.strategy.init_args.load_on_cpu "
-            "false: load the whole base on each GPU first)")
+    return (f"FSDP: the base waits in host memory ({held / 2**30:.2f} GiB in this process) until FSDP moves each unit "
+            "to its GPU as it shards it (--trainer.strategy.init_args.load_on_cpu false: load the whole base on each "
+            "GPU first)")
 
 
 def offloading_loss(
