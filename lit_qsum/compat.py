@@ -18,12 +18,14 @@ bounds ``lightning`` to the minor versions these tests have run on.
 | ``keep_in_fp32_module_names`` | transformers ``PreTrainedModel._keep_in_fp32_modules`` | ``fp32_modules_in_bf16`` |
 | ``compile_module_call`` | torch ``nn.Module._call_impl`` / ``_compiled_call_impl`` | compiled blocks |
 | ``foreach_copy`` | ``torch._foreach_copy_`` | DDP gradient sync |
+| ``quantize_4bit_on`` | bitsandbytes ``Params4bit._quantize`` (replaced while loading) | FSDP's ``load_on_cpu`` |
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -125,3 +127,34 @@ def compile_module_call(module: torch.nn.Module, wrap: Callable[[Callable[..., A
         return False
     module._compiled_call_impl = wrap(module._call_impl)
     return True
+
+
+@contextlib.contextmanager
+def quantize_4bit_on(device: torch.device) -> Iterator[None]:
+    """While a model loads into host memory, bitsandbytes quantizes each weight on ``device`` and keeps the 4-bit
+    result (and its quant state) on the host.
+
+    Quantizing on the GPU gives the same 4-bit base as loading there: bitsandbytes' CPU kernels round some weights and
+    block scales differently (session 12: a base quantized on the host differed from the GPU one), and take about a
+    minute for t5-xl. The GPU holds one weight at a time. Weights a checkpoint stores already quantized never pass
+    here.
+    """
+    import bitsandbytes as bnb  # noqa: PLC0415 (only the QLoRA path needs it)
+
+    params = bnb.nn.Params4bit
+    original = params._quantize
+
+    def quantize(self: bnb.nn.Params4bit, target: torch.device | str | int) -> bnb.nn.Params4bit:
+        target = torch.device(target)
+        if target.type != "cpu":
+            return original(self, target)
+        original(self, device)
+        self.data = self.data.to(target)
+        self.quant_state.to(target)  # in place: the module's reference to it follows
+        return self
+
+    params._quantize = quantize
+    try:
+        yield
+    finally:
+        params._quantize = original

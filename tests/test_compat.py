@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lit_qsum import compat
+from lit_qsum.backends.probe import probe_environment
 
 
 def test_lightning_cli_still_has_the_ckpt_path_hook_lit_qsum_overrides() -> None:
@@ -141,3 +142,30 @@ def test_foreach_copy_copies_each_pair() -> None:
     dst = [torch.zeros(2), torch.zeros(3, dtype=torch.float64)]
     compat.foreach_copy(dst, [torch.ones(2), torch.full((3,), 2.0, dtype=torch.float64)])
     assert dst[0].tolist() == [1.0, 1.0] and dst[1].tolist() == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.skipif(not probe_environment("cpu").bitsandbytes_works, reason="bitsandbytes 4-bit unavailable")
+def test_quantize_4bit_on_quantizes_on_the_training_device_and_keeps_the_result_on_the_host(monkeypatch) -> None:
+    """``load_on_cpu`` with a GPU: each weight bound for the host is quantized on the GPU (bitsandbytes' CPU kernels
+    round differently), then handed back to the host with its quant state; other moves are left alone. Here the
+    "GPU" quantization is recorded and done on the CPU; ``tests/distributed/test_load_on_cpu_cuda.py`` checks the real
+    one against loading on the GPU."""
+    import bitsandbytes as bnb  # noqa: PLC0415
+
+    real, asked = bnb.nn.Params4bit._quantize, []
+
+    def recording(self, device):
+        asked.append(torch.device(device))
+        return real(self, torch.device("cpu"))
+
+    monkeypatch.setattr(bnb.nn.Params4bit, "_quantize", recording)
+    gpu = torch.device("cuda", 1)
+    weight = torch.randn(64, 64, dtype=torch.bfloat16)
+    with compat.quantize_4bit_on(gpu):
+        held = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type="nf4").to("cpu")
+        bnb.nn.Params4bit(weight.clone(), requires_grad=False).to(torch.device("meta"))  # not a quantizing move
+    assert asked == [gpu]
+    assert held.bnb_quantized and held.device.type == held.quant_state.absmax.device.type == "cpu"
+    assert bnb.nn.Params4bit._quantize is recording  # restored on leaving
+    direct = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type="nf4").to("cpu")
+    assert torch.equal(held.data, direct.data)

@@ -7,12 +7,12 @@ library built it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_qsum import compat
 from lit_qsum.backends import hf
 from lit_qsum.backends.choice import BackendDecision, BackendRequest, choose_backend
 from lit_qsum.backends.peft_lora import apply_lora, enable_gradient_checkpointing
@@ -86,7 +86,7 @@ def load_model(
 
     ``device``: where training runs, which decides the backend and the compute dtype. ``load_device``: where the
     base is kept after loading, if elsewhere (the host, for a strategy that moves it to ``device`` piece by piece);
-    a CUDA ``device`` still quantizes each weight (``quantize_4bit_on``), so the 4-bit base is the one loading on
+    a CUDA ``device`` still quantizes each weight (``compat.quantize_4bit_on``), so the 4-bit base is the one loading on
     ``device`` would give.
     ``tokenizer``: the one already loaded for ``tokenizer_spec(spec)`` (the data module's), else it is loaded here.
     """
@@ -125,7 +125,8 @@ def load_model(
         if decision.backend == "qlora" and spec.quantization.load_in_4bit:
             quantize = hf.bnb_config(spec.quantization, compute_dtype)
         on_host = quantize is not None and load_device.type == "cpu"
-        with quantize_4bit_on(device) if on_host and device.type == "cuda" else contextlib.nullcontext():
+        # quantized on the GPU all the same: bitsandbytes' CPU kernels give another 4-bit base (session 12)
+        with compat.quantize_4bit_on(device) if on_host and device.type == "cuda" else contextlib.nullcontext():
             model = hf.load_base_model(path, config, quantize=quantize, dtype=compute_dtype, device=load_device)
         if on_host:
             keep_trainable_cpu_layout(model)
@@ -134,37 +135,6 @@ def load_model(
             torch.manual_seed(spec.init_seed)
             model = apply_lora(model, spec.lora, task, spec.gradient_checkpointing)
     return LoadedModel(model, tokenizer, task, config.model_type, decision, compute_dtype, facts)
-
-
-@contextlib.contextmanager
-def quantize_4bit_on(device: torch.device) -> Iterator[None]:
-    """While the base loads into host memory, bitsandbytes quantizes each weight on ``device`` and keeps the 4-bit
-    result (and its quant state) on the host.
-
-    Quantizing on the GPU gives the same 4-bit base as loading there: bitsandbytes' CPU kernels round some weights and
-    block scales differently (session 12: a base quantized on the host differed from the GPU one), and take about a
-    minute for t5-xl. The GPU holds one weight at a time. Weights a checkpoint stores already quantized never pass
-    here.
-    """
-    import bitsandbytes as bnb  # noqa: PLC0415 (only the QLoRA path needs it)
-
-    params = bnb.nn.Params4bit
-    original = params._quantize
-
-    def quantize(self: bnb.nn.Params4bit, target: torch.device | str | int) -> bnb.nn.Params4bit:
-        target = torch.device(target)
-        if target.type != "cpu":
-            return original(self, target)
-        original(self, device)
-        self.data = self.data.to(target)
-        self.quant_state.to(target)  # in place: the module's reference to it follows
-        return self
-
-    params._quantize = quantize
-    try:
-        yield
-    finally:
-        params._quantize = original
 
 
 def keep_trainable_cpu_layout(model: torch.nn.Module) -> None:

@@ -89,7 +89,7 @@ class QLoraFSDPStrategy(FSDPStrategy):
             offload_min_bytes: Saved tensors smaller than this stay on the GPU (ids, masks, scalars: a copy costs
                 more than it frees).
             load_on_cpu: Each process keeps the base in host memory while it loads, each weight 4-bit-quantized on
-                its own GPU and handed back (``lit_qsum.backends.loader.quantize_4bit_on``: the same 4-bit base as
+                its own GPU and handed back (``lit_qsum.compat.quantize_4bit_on``: the same 4-bit base as
                 loading on the GPU), and FSDP moves each unit to its GPU as it shards it, so no GPU ever holds the
                 whole 4-bit base: a model whose base does not fit one GPU still loads. t5-xl on two H200s
                 (2026-11-30): 1.50 GiB per GPU while loading against 2.36 loading on the GPUs, ~16 s longer to load.

@@ -209,31 +209,3 @@ def test_the_base_loads_on_load_device_while_device_decides(monkeypatch) -> None
     assert seen == [(torch.device("meta"), True)]  # the 4-bit base went where load_device said
     assert loaded.decision.backend == "qlora" and loaded.compute_dtype == torch.float32  # decided for the CPU
 
-
-@needs_bnb
-def test_quantize_4bit_on_quantizes_on_the_training_device_and_keeps_the_result_on_the_host(monkeypatch) -> None:
-    """``load_on_cpu`` with a GPU: each weight bound for the host is quantized on the GPU (bitsandbytes' CPU kernels
-    round differently), then handed back to the host with its quant state; other moves are left alone. Here the
-    "GPU" quantization is recorded and done on the CPU; ``tests/distributed/test_load_on_cpu_cuda.py`` checks the real
-    one against loading on the GPU."""
-    import bitsandbytes as bnb  # noqa: PLC0415
-
-    from lit_qsum.backends.loader import quantize_4bit_on  # noqa: PLC0415
-
-    real, asked = bnb.nn.Params4bit._quantize, []
-
-    def recording(self, device):
-        asked.append(torch.device(device))
-        return real(self, CPU)
-
-    monkeypatch.setattr(bnb.nn.Params4bit, "_quantize", recording)
-    gpu = torch.device("cuda", 1)
-    weight = torch.randn(64, 64, dtype=torch.bfloat16)
-    with quantize_4bit_on(gpu):
-        held = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type="nf4").to(CPU)
-        bnb.nn.Params4bit(weight.clone(), requires_grad=False).to(torch.device("meta"))  # not a quantizing move
-    assert asked == [gpu]
-    assert held.bnb_quantized and held.device == CPU and held.quant_state.absmax.device == CPU
-    assert bnb.nn.Params4bit._quantize is recording  # restored on leaving
-    direct = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type="nf4").to(CPU)
-    assert torch.equal(held.data, direct.data)
