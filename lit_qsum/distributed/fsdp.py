@@ -84,8 +84,9 @@ class QLoraFSDPStrategy(FSDPStrategy):
             offload_activations: With gradient checkpointing, what the backward keeps from the training forward
                 outside the checkpointed blocks (each block's input, the loss's logits) waits in pinned host memory
                 (``offloading_loss``): exact copies, so the same training; t5-xl at micro-batch 8:
-                ~0.22 GiB per GPU less at the step's peak (CPU model) for ~0.3 GiB each way over PCIe per
-                micro-batch. Without checkpointing it would move every activation, so it is skipped.
+                ~0.22 GiB per GPU less at the step's peak (CPU model; 0.20 measured on two H200s, 2026-11-30) for
+                ~0.3 GiB each way over PCIe per micro-batch. Without checkpointing it would move every activation,
+                so it is skipped.
             offload_min_bytes: Saved tensors smaller than this stay on the GPU (ids, masks, scalars: a copy costs
                 more than it frees).
             load_on_cpu: Each process keeps the base in host memory while it loads, each weight 4-bit-quantized on
